@@ -70,4 +70,6 @@ type Env struct {
 	PodID string
 	// MaxMessage is the pod-wide default maximum message size in bytes (--max-message).
 	MaxMessage int
+	// ZMQMaxMessage is the maximum ZeroMQ message size in bytes (--zmq-max-message, default 1 MiB).
+	ZMQMaxMessage int
 }

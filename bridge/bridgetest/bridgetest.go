@@ -66,15 +66,16 @@ func Start(t testing.TB, js *jetstream.Client, a bridge.Adapter, args ...string)
 	t.Cleanup(srv.Close)
 	p := &Pod{adapter: a, Registry: reg, AdminURL: srv.URL, Addrs: map[string]string{}}
 	p.Env = &bridge.Env{
-		JS:         js,
-		Log:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("protocol", a.Name()),
-		Metrics:    bridge.NewMetrics(reg, "test"),
-		Registry:   reg,
-		Admin:      e.Group("/api/v1"),
-		Listeners:  map[string]net.Listener{},
-		DataDir:    t.TempDir(),
-		PodID:      fmt.Sprintf("testpod-%d-%d", os.Getpid(), podSeq),
-		MaxMessage: 1 << 20,
+		JS:            js,
+		Log:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("protocol", a.Name()),
+		Metrics:       bridge.NewMetrics(reg, "test"),
+		Registry:      reg,
+		Admin:         e.Group("/api/v1"),
+		Listeners:     map[string]net.Listener{},
+		DataDir:       t.TempDir(),
+		PodID:         fmt.Sprintf("testpod-%d-%d", os.Getpid(), podSeq),
+		MaxMessage:    1 << 20,
+		ZMQMaxMessage: 1 << 20,
 	}
 	for name, addr := range listen {
 		if *addr == "off" {

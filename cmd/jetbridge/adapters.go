@@ -1,0 +1,23 @@
+package main
+
+import (
+	"github.com/jetbridge/jetbridge/bridge"
+)
+
+// allAdapters returns a fresh instance of every protocol adapter, in start-up order.
+func allAdapters() []bridge.Adapter {
+	return []bridge.Adapter{
+		placeholder("tracker", bridge.ListenerSpec{Name: "tracker", Flag: "tracker-listen", Default: ":8897", Usage: "Tracker WebSocket listener"}),
+		placeholder("gilmour", bridge.ListenerSpec{Name: "gilmour", Flag: "gilmour-listen", Default: ":8080", Usage: "Gilmour HTTP proxy listener"}),
+		placeholder("sink", bridge.ListenerSpec{Name: "sink", Flag: "sink-listen", Default: ":2020", Usage: "Sink TLS listener"}),
+		placeholder("zerotask",
+			bridge.ListenerSpec{Name: "zerotask", Flag: "zerotask-listen", Default: ":5555", Usage: "ZeroTask ROUTER listener"},
+			bridge.ListenerSpec{Name: "zerotask-pub", Flag: "zerotask-pub-listen", Default: ":5556", Usage: "ZeroTask PUB listener"}),
+		placeholder("eventmq",
+			bridge.ListenerSpec{Name: "eventmq-frontend", Flag: "eventmq-frontend", Default: ":47291", Usage: "EventMQ frontend (clients) ROUTER listener"},
+			bridge.ListenerSpec{Name: "eventmq-backend", Flag: "eventmq-backend", Default: ":47290", Usage: "EventMQ backend (workers) ROUTER listener"},
+			bridge.ListenerSpec{Name: "eventmq-admin", Flag: "eventmq-admin", Default: ":47293", Usage: "EventMQ admin ROUTER listener"},
+			bridge.ListenerSpec{Name: "eventmq-pub-in", Flag: "eventmq-pub-in", Default: ":47298", Usage: "EventMQ publisher input listener"},
+			bridge.ListenerSpec{Name: "eventmq-pub-out", Flag: "eventmq-pub-out", Default: ":47299", Usage: "EventMQ publisher output (PUB) listener"}),
+	}
+}

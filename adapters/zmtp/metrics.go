@@ -95,10 +95,10 @@ func vecsFor(r prometheus.Registerer) *metricVecs {
 
 // metrics are the per-listener children, resolved once.
 type metrics struct {
-	peers                                       prometheus.Gauge
-	connections, handshakeFailures              prometheus.Counter
-	framesIn, framesOut, bytesIn, bytesOut      prometheus.Counter
-	messagesIn, messagesOut, dropped            prometheus.Counter
+	peers                                  prometheus.Gauge
+	connections, handshakeFailures         prometheus.Counter
+	framesIn, framesOut, bytesIn, bytesOut prometheus.Counter
+	messagesIn, messagesOut, dropped       prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer, name string) *metrics {

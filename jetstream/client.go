@@ -62,6 +62,7 @@ type Client struct {
 	log      *slog.Logger
 	embedded bool
 
+	conn       atomic.Pointer[nats.Conn] // for State from connection callbacks (which may run before Connect returns)
 	reconnects atomic.Uint64
 	lastErr    atomic.Value // string
 	onState    func(State)
@@ -94,15 +95,16 @@ func Connect(ctx context.Context, cfg ConnConfig) (*Client, error) {
 		}),
 		nats.ReconnectBufSize(8 << 20),
 		nats.RetryOnFailedConnect(true),
-		nats.ConnectHandler(func(*nats.Conn) { c.notify("connected") }),
-		nats.ReconnectHandler(func(*nats.Conn) { c.reconnects.Add(1); c.notify("reconnected") }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.ConnectHandler(func(nc *nats.Conn) { c.conn.Store(nc); c.notify("connected") }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { c.conn.Store(nc); c.reconnects.Add(1); c.notify("reconnected") }),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			c.conn.Store(nc)
 			if err != nil {
 				c.lastErr.Store(err.Error())
 			}
 			c.notify("disconnected")
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { c.notify("closed") }),
+		nats.ClosedHandler(func(nc *nats.Conn) { c.conn.Store(nc); c.notify("closed") }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
@@ -153,6 +155,7 @@ func Connect(ctx context.Context, cfg ConnConfig) (*Client, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	c.nc, c.js = nc, js
+	c.conn.Store(nc)
 	return c, nil
 }
 
@@ -180,9 +183,9 @@ func (c *Client) notify(what string) {
 // State reports the connection's current state.
 func (c *Client) State() State {
 	st := State{Reconnects: c.reconnects.Load(), LastError: c.lastErr.Load().(string)}
-	if c.nc != nil {
-		st.Connected = c.nc.IsConnected()
-		st.Server = c.nc.ConnectedUrlRedacted()
+	if nc := c.conn.Load(); nc != nil {
+		st.Connected = nc.IsConnected()
+		st.Server = nc.ConnectedUrlRedacted()
 	}
 	if c.embedded && st.Connected {
 		st.Server = "in-process"

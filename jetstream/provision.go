@@ -369,4 +369,3 @@ func (c *Client) ListStreams(ctx context.Context) ([]string, error) {
 	sort.Strings(names)
 	return names, nil
 }
-

@@ -5,12 +5,17 @@ package jstest
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/jetbridge/jetbridge/jetstream"
 )
+
+// quiet logs only warnings and errors, so that test output stays readable.
+var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 // Server starts an embedded JetStream server on 127.0.0.1 with a random client port and a temp
 // store; it is shut down when the test ends.
@@ -53,7 +58,7 @@ func Connect(t testing.TB, e *jetstream.Embedded) *jetstream.Client {
 // ConnectURL opens a client to urls with a subject prefix and replica count.
 func ConnectURL(t testing.TB, urls, prefix string, replicas int) *jetstream.Client {
 	t.Helper()
-	c, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{URLs: urls, Prefix: prefix, Replicas: replicas})
+	c, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{URLs: urls, Prefix: prefix, Replicas: replicas, Logger: quiet})
 	if err != nil {
 		t.Fatalf("connect %s: %v", urls, err)
 	}
@@ -136,7 +141,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			}
 		}
 	})
-	cl, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{URLs: c.URLs(), Replicas: n})
+	cl, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{URLs: c.URLs(), Replicas: n, Logger: quiet})
 	if err != nil {
 		t.Fatalf("connect cluster: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/jetbridge/jetbridge/adapters/all"
 	"github.com/jetbridge/jetbridge/bridge"
 )
 
@@ -59,7 +60,7 @@ func newRoot() *cobra.Command {
 func addServe(cmd *cobra.Command, api *adminClient, isRoot bool) {
 	var cfg bridge.Config
 	var configFile string
-	adapters := allAdapters()
+	adapters := all.Adapters()
 	fs := cmd.Flags()
 	cfg.RegisterFlags(fs, adapters)
 	fs.StringVar(&configFile, "config", "", "YAML file with flag names as keys (flag > env > file > default)")

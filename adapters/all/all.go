@@ -1,11 +1,12 @@
-package main
+// Package all lists every protocol adapter, for the binaries.
+package all
 
 import (
 	"github.com/jetbridge/jetbridge/bridge"
 )
 
-// allAdapters returns a fresh instance of every protocol adapter, in start-up order.
-func allAdapters() []bridge.Adapter {
+// Adapters returns a fresh instance of every protocol adapter, in start-up order.
+func Adapters() []bridge.Adapter {
 	return []bridge.Adapter{
 		placeholder("tracker", bridge.ListenerSpec{Name: "tracker", Flag: "tracker-listen", Default: ":8897", Usage: "Tracker WebSocket listener"}),
 		placeholder("gilmour", bridge.ListenerSpec{Name: "gilmour", Flag: "gilmour-listen", Default: ":8080", Usage: "Gilmour HTTP proxy listener"}),

@@ -1,0 +1,270 @@
+// Command jetbridge-bench is jetbridge's load generator. Every scenario runs against a pod started
+// in this process (embedded NATS, every listener on 127.0.0.1:0), and, in the same run, the raw
+// JetStream baseline doing the same work, so that the figure that matters is the ratio.
+//
+//	go run ./cmd/jetbridge-bench -scenario raw-workqueue -duration 5s -concurrency 16 -json
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/jetbridge/jetbridge/adapters/all"
+	"github.com/jetbridge/jetbridge/bridge"
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+// scenario is one benchmark. setup prepares it and returns the operation each worker repeats.
+type scenario struct {
+	name  string
+	about string
+	// baseline names the raw JetStream scenario doing the same work ("" for raw scenarios).
+	baseline string
+	setup    func(ctx context.Context, h *harness) (op func(ctx context.Context, worker int) error, cleanup func(), err error)
+}
+
+var scenarios = map[string]*scenario{}
+
+func register(s *scenario) { scenarios[s.name] = s }
+
+// harness is what a scenario gets: a running pod and a plain NATS client to the same server.
+type harness struct {
+	Pod         *bridge.Pod
+	JS          *jetstream.Client
+	Concurrency int
+	Payload     int
+	// Flags are extra pod flags given with -pod-flag.
+}
+
+// Addr is the real address of a pod listener ("tracker", "gilmour", "sink", …).
+func (h *harness) Addr(listener string) string { return h.Pod.Addr(listener) }
+
+// Result is one measured run.
+type Result struct {
+	Scenario    string  `json:"scenario"`
+	Ops         int64   `json:"ops"`
+	Errors      int64   `json:"errors"`
+	Seconds     float64 `json:"seconds"`
+	OpsPerSec   float64 `json:"ops_per_sec"`
+	P50Micros   float64 `json:"p50_us"`
+	P99Micros   float64 `json:"p99_us"`
+	FirstError  string  `json:"first_error,omitempty"`
+	Concurrency int     `json:"concurrency"`
+}
+
+// Report is what one invocation prints.
+type Report struct {
+	Scenario string  `json:"scenario"`
+	Result   Result  `json:"result"`
+	Baseline *Result `json:"baseline,omitempty"`
+	// RatioOps is bridge ops/s ÷ baseline ops/s; RatioP99 is bridge p99 ÷ baseline p99.
+	RatioOps float64 `json:"ratio_ops,omitempty"`
+	RatioP99 float64 `json:"ratio_p99,omitempty"`
+}
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "jetbridge-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("jetbridge-bench", flag.ContinueOnError)
+	name := fs.String("scenario", "raw-workqueue", "scenario to run (-list shows them)")
+	duration := fs.Duration("duration", 5*time.Second, "how long each run lasts")
+	concurrency := fs.Int("concurrency", 16, "concurrent workers")
+	payload := fs.Int("payload", 128, "payload size in bytes")
+	asJSON := fs.Bool("json", false, "print JSON")
+	list := fs.Bool("list", false, "list scenarios")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *list {
+		var names []string
+		for n := range scenarios {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(out, "%-20s %s\n", n, scenarios[n].about)
+		}
+		return nil
+	}
+	sc, ok := scenarios[*name]
+	if !ok {
+		return fmt.Errorf("unknown scenario %q (-list shows them)", *name)
+	}
+	if *concurrency < 1 || *duration <= 0 {
+		return errors.New("-concurrency and -duration must be positive")
+	}
+	h, stop, err := startHarness(*concurrency, *payload)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	rep := Report{Scenario: sc.name}
+	rep.Result, err = measure(h, sc, *duration)
+	if err != nil {
+		return err
+	}
+	if sc.baseline != "" {
+		base, ok := scenarios[sc.baseline]
+		if !ok {
+			return fmt.Errorf("scenario %s: unknown baseline %s", sc.name, sc.baseline)
+		}
+		b, err := measure(h, base, *duration)
+		if err != nil {
+			return err
+		}
+		rep.Baseline = &b
+		if b.OpsPerSec > 0 {
+			rep.RatioOps = rep.Result.OpsPerSec / b.OpsPerSec
+		}
+		if b.P99Micros > 0 {
+			rep.RatioP99 = rep.Result.P99Micros / b.P99Micros
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(out, "%-22s %10s %10s %10s %8s\n", "scenario", "ops/s", "p50", "p99", "errors")
+	line := func(r Result) {
+		fmt.Fprintf(out, "%-22s %10.0f %10s %10s %8d\n", r.Scenario, r.OpsPerSec,
+			time.Duration(r.P50Micros*1e3).Round(time.Microsecond), time.Duration(r.P99Micros*1e3).Round(time.Microsecond), r.Errors)
+	}
+	line(rep.Result)
+	if rep.Baseline != nil {
+		line(*rep.Baseline)
+		fmt.Fprintf(out, "ratio bridge/raw: ops/s %.2fx, p99 %.2fx (concurrency %d, %v each)\n", rep.RatioOps, rep.RatioP99, *concurrency, *duration)
+	}
+	if rep.Result.FirstError != "" {
+		fmt.Fprintf(out, "first error: %s\n", rep.Result.FirstError)
+	}
+	return nil
+}
+
+// startHarness starts a pod with every adapter on an embedded server in a temp folder.
+func startHarness(concurrency, payload int) (*harness, func(), error) {
+	dir, err := os.MkdirTemp("", "jetbridge-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	adapters := all.Adapters()
+	var cfg bridge.Config
+	fs := pflag.NewFlagSet("pod", pflag.ContinueOnError)
+	cfg.RegisterFlags(fs, adapters)
+	args := []string{"--data", dir, "--nats-listen", "127.0.0.1:0", "--nats-monitor-listen", "off", "--admin-listen", "127.0.0.1:0"}
+	for _, a := range adapters {
+		for _, l := range a.Listeners() {
+			args = append(args, "--"+l.Flag, "127.0.0.1:0")
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if err := bridge.ApplyEnvAndFile(fs, ""); err != nil {
+		return nil, nil, err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	pod := bridge.NewPod(cfg, adapters, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := pod.Start(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	js, err := jetstream.Connect(ctx, jetstream.ConnConfig{URLs: "nats://" + pod.Addr("nats"), Name: "jetbridge-bench", Logger: log})
+	if err != nil {
+		_ = pod.Shutdown(context.Background())
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	stop := func() {
+		js.Close()
+		_ = pod.Shutdown(context.Background())
+		os.RemoveAll(dir)
+	}
+	return &harness{Pod: pod, JS: js, Concurrency: concurrency, Payload: payload}, stop, nil
+}
+
+// measure runs sc with h.Concurrency workers for d (after a short warm-up) and reports throughput
+// and latency percentiles.
+func measure(h *harness, sc *scenario, d time.Duration) (Result, error) {
+	ctx := context.Background()
+	op, cleanup, err := sc.setup(ctx, h)
+	if err != nil {
+		return Result{}, fmt.Errorf("scenario %s setup: %w", sc.name, err)
+	}
+	if cleanup != nil {
+		defer cleanup()
+	}
+	var ops, errs atomic.Int64
+	var firstErr atomic.Value
+	lat := make([][]time.Duration, h.Concurrency)
+	warm := min(d/10, time.Second)
+	start := time.Now()
+	deadline := start.Add(warm + d)
+	var wg sync.WaitGroup
+	for w := 0; w < h.Concurrency; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for {
+				t0 := time.Now()
+				if t0.After(deadline) {
+					return
+				}
+				octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := op(octx, w)
+				cancel()
+				if t0.Before(start.Add(warm)) {
+					continue
+				}
+				if err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				ops.Add(1)
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}(w)
+	}
+	wg.Wait()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	r := Result{Scenario: sc.name, Ops: ops.Load(), Errors: errs.Load(), Seconds: d.Seconds(),
+		OpsPerSec: float64(ops.Load()) / d.Seconds(), Concurrency: h.Concurrency}
+	if fe, ok := firstErr.Load().(string); ok {
+		r.FirstError = fe
+	}
+	if n := len(all); n > 0 {
+		r.P50Micros = float64(all[n*50/100]) / 1e3
+		r.P99Micros = float64(all[min(n*99/100, n-1)]) / 1e3
+	}
+	return r, nil
+}
+
+// payloadOf makes a deterministic payload of n bytes.
+func payloadOf(n int) []byte {
+	return []byte(strings.Repeat("x", n))
+}

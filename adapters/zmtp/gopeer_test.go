@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -194,7 +195,11 @@ func expectClosed(t testing.TB, c net.Conn, br *bufio.Reader) {
 	}
 }
 
+// quietLogger logs errors only, or everything with ZMTP_TEST_DEBUG=1.
 func quietLogger() *slog.Logger {
+	if os.Getenv("ZMTP_TEST_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 

@@ -2,6 +2,7 @@ package zmtp
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 )
@@ -150,12 +151,14 @@ func (s *Pub) remove(p *peer) {
 // ignored, as libzmq's PUB does.
 func (s *Pub) deliver(p *peer, frames [][]byte) error {
 	if prefix, sub, ok := ParseSubscriptionMessage(frames); ok {
+		s.l.log.Debug("zmtp subscription message", "peer", fmt.Sprintf("%x", p.id), "subscribe", sub, "prefix", prefix)
 		p.subscribe(prefix, !sub)
 	}
 	return nil
 }
 
 func (s *Pub) command(p *peer, cmd Command) error {
+	s.l.log.Debug("zmtp subscription command", "peer", fmt.Sprintf("%x", p.id), "command", cmd.Name, "prefix", cmd.Data)
 	switch cmd.Name {
 	case CmdSubscribe:
 		p.subscribe(cmd.Data, false)

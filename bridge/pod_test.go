@@ -19,6 +19,7 @@ import (
 	"github.com/jetbridge/jetbridge/bridge"
 	"github.com/jetbridge/jetbridge/jetstream"
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
+	"github.com/jetbridge/jetbridge/schemas"
 )
 
 // echoAdapter is a tiny protocol for testing the pod: it echoes bytes and declares one stream.
@@ -161,6 +162,9 @@ func TestEmbeddedPodServesProvisionsAndKeepsDataAcrossRestart(t *testing.T) {
 	code, st := get(t, "http://"+p.Addr("admin")+"/api/v1/status", "")
 	if code != 200 || st["nats"].(map[string]any)["mode"] != "embedded" || len(st["assets"].([]any)) < 4 {
 		t.Fatalf("status %d %v", code, st)
+	}
+	if err := schemas.Validate("jetbridge/status.schema.json", st); err != nil {
+		t.Fatal(err)
 	}
 	// Metrics are served with the jetbridge_ prefix.
 	resp, err := http.Get("http://" + p.Addr("admin") + "/metrics")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jetbridge/jetbridge/jetstream"
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
+	"github.com/jetbridge/jetbridge/schemas"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -197,6 +198,9 @@ func TestJobLeaseRetryExtendAndDeadLetter(t *testing.T) {
 	if string(dl.Data) != "payload" || dl.Header.Get(jetstream.HeaderDLQReason) != "handler said fatal" ||
 		dl.Header.Get("X-Kind") != "test" || dl.Header.Get(jetstream.HeaderDLQDeliveries) != "3" {
 		t.Fatalf("dead letter: %q %v", dl.Data, dl.Header)
+	}
+	if err := schemas.Validate("jetbridge/dlq-headers.schema.json", map[string][]string(dl.Header)); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -33,7 +33,9 @@ func (a *echoAdapter) Name() string { return "echo" }
 func (a *echoAdapter) Listeners() []bridge.ListenerSpec {
 	return []bridge.ListenerSpec{{Name: "echo", Flag: "echo-listen", Default: "127.0.0.1:0", Usage: "echo listener"}}
 }
-func (a *echoAdapter) Flags(fs *pflag.FlagSet) { fs.StringVar(&a.prefix, "echo-prefix", "", "reply prefix") }
+func (a *echoAdapter) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&a.prefix, "echo-prefix", "", "reply prefix")
+}
 func (a *echoAdapter) Assets(n jetstream.Names) jetstream.Assets {
 	return jetstream.Assets{
 		Streams:   []jetstream.StreamSpec{{Name: "ECHO", Subjects: []string{n.Subject("echo", ">")}, Retention: jetstream.WorkQueue}},

@@ -376,3 +376,19 @@ func TestConfigPrecedenceFlagEnvFile(t *testing.T) {
 		t.Fatalf("bad env value must name the variable: %v", err)
 	}
 }
+
+func TestDurabilityStrictSyncsEveryWrite(t *testing.T) {
+	for _, mode := range []string{"fast", "strict"} {
+		a := &echoAdapter{}
+		p := startPod(t, testConfig(t, []bridge.Adapter{a}, "--durability", mode), a)
+		jsc := p.Embedded().Server().JetStreamConfig()
+		if jsc == nil || jsc.SyncAlways != (mode == "strict") {
+			t.Fatalf("durability %s: SyncAlways=%v", mode, jsc != nil && jsc.SyncAlways)
+		}
+	}
+	a := &echoAdapter{}
+	err := bridge.NewPod(testConfig(t, []bridge.Adapter{a}, "--durability", "sometimes"), []bridge.Adapter{a}, nil).Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "durability") {
+		t.Fatalf("bad durability accepted: %v", err)
+	}
+}

@@ -1,0 +1,90 @@
+package gilmour
+
+// nodeclient.go: the proxy's HTTP calls to nodes (the "Port Protocol": health ping, service and
+// slot handlers, lambda steps).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+)
+
+// maxNodeAnswer bounds what the proxy reads from a node.
+const maxNodeAnswer = 64 << 20
+
+type nodeClient struct {
+	hc *http.Client
+}
+
+// health outcomes.
+const (
+	healthOK          = "ok"
+	healthFailed      = "failed"      // answered non-2xx, or timed out
+	healthUnreachable = "unreachable" // port could not be reached
+)
+
+// ping calls GET health_check; any 2xx is healthy.
+func (n *nodeClient) ping(ctx context.Context, r nodeRecord) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.baseURL()+r.HealthCheck, nil)
+	if err != nil {
+		return healthUnreachable, err
+	}
+	resp, err := n.hc.Do(req)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			return healthUnreachable, err
+		}
+		return healthFailed, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return healthFailed, fmt.Errorf("health check %s answered %d", r.HealthCheck, resp.StatusCode)
+	}
+	return healthOK, nil
+}
+
+// post sends body to the node's path and returns the status and the answer.
+func (n *nodeClient) post(ctx context.Context, r nodeRecord, path string, body any) (int, []byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return 0, nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.baseURL()+path, bytes.NewReader(b))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := n.hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxNodeAnswer))
+	if err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("read answer of %s: %w", path, err)
+	}
+	return resp.StatusCode, data, nil
+}
+
+// call runs a service handler: its body is returned unmodified as data. A handler that does not
+// answer within its timeout gets its connection closed and gives 504; non-2xx or a failed call
+// gives 500.
+func (n *nodeClient) call(ctx context.Context, r nodeRecord, path string, hcall HandlerCall) Message {
+	status, body, err := n.post(ctx, r, path, hcall)
+	switch {
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return Message{Data: StringData("Execution timed out"), Code: 504}
+	case err != nil:
+		return Message{Data: StringData(err.Error()), Code: 500}
+	case status/100 != 2:
+		return Message{Data: RawData(body), Code: 500}
+	}
+	return Message{Data: RawData(body), Code: 200}
+}

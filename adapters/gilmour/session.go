@@ -1,0 +1,157 @@
+package gilmour
+
+// session.go: what this pod does on behalf of the registered nodes. Every pod watches the node
+// registry and, for every node that is ok, holds its service subscriptions (queue group = the
+// exclusion group) and pulls its slot consumers; a node that is unavailable, dirty or deleted
+// loses them at once (signals wait in JetStream).
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+// svcKey identifies one service subscription this pod holds for a node.
+type svcKey struct {
+	Node    string
+	Topic   string
+	Group   string
+	Path    string
+	Timeout int
+}
+
+// member is one node that may receive a slot consumer's signals.
+type member struct {
+	node nodeRecord
+	slot Sub
+}
+
+func (a *Adapter) watch(updates <-chan jetstream.Entry) {
+	for e := range updates {
+		if e.Key == "" { // end of initial values
+			a.reconcile()
+			continue
+		}
+		id := strings.TrimPrefix(e.Key, "node.")
+		a.mu.Lock()
+		if e.Deleted {
+			delete(a.nodes, id)
+		} else if r, err := decodeRecord(e.Value); err == nil {
+			a.nodes[id] = r
+		} else {
+			a.log.Warn("gilmour: bad node record", "node", id, "err", err)
+		}
+		a.mu.Unlock()
+		a.reconcile()
+	}
+}
+
+// snapshot returns the nodes this pod knows, sorted by id.
+func (a *Adapter) snapshot() []nodeRecord {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]nodeRecord, 0, len(a.nodes))
+	for _, r := range a.nodes {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// reconcile brings this pod's subscriptions and pullers in line with the registry.
+func (a *Adapter) reconcile() {
+	nodes := a.snapshot()
+	wantSvc := map[svcKey]struct {
+		node nodeRecord
+		sub  Sub
+	}{}
+	wantSlots := map[slotKey][]member{}
+	for _, n := range nodes {
+		if n.Status != StatusOK {
+			continue
+		}
+		for _, s := range n.Services {
+			wantSvc[svcKey{Node: n.ID, Topic: s.Topic, Group: s.Group, Path: s.Path, Timeout: s.Timeout}] = struct {
+				node nodeRecord
+				sub  Sub
+			}{n, s}
+		}
+		for _, s := range n.Slots {
+			k := slotKeyOf(n.ID, s)
+			wantSlots[k] = append(wantSlots[k], member{node: n, slot: s})
+		}
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return
+	}
+	for k, sub := range a.services {
+		if _, ok := wantSvc[k]; !ok {
+			// Unsubscribe only stops new requests; calls already running finish on their own.
+			if err := sub.Unsubscribe(); err != nil {
+				a.log.Warn("gilmour: unsubscribe", "topic", k.Topic, "err", err)
+			}
+			delete(a.services, k)
+		}
+	}
+	for k, w := range wantSvc {
+		if _, ok := a.services[k]; ok {
+			continue
+		}
+		node, s := w.node, w.sub
+		sub, err := a.env.JS.Subscribe(a.bus.requestSubject(s.Topic), s.Group, func(m *jetstream.Msg) {
+			a.work.Add(1)
+			go func() { defer a.work.Done(); a.serve(node, s, m) }()
+		})
+		if err != nil {
+			a.log.Warn("gilmour: subscribe", "topic", s.Topic, "err", err)
+			continue
+		}
+		a.services[k] = sub
+	}
+	for k, p := range a.pullers {
+		if _, ok := wantSlots[k]; !ok {
+			delete(a.pullers, k)
+			go p.stop()
+		}
+	}
+	for k, ms := range wantSlots {
+		if p, ok := a.pullers[k]; ok {
+			p.setMembers(ms)
+			continue
+		}
+		p := newPuller(a, k, ms)
+		a.pullers[k] = p
+		p.start()
+	}
+}
+
+// serve answers one request on behalf of node: POST path {topic, sender, data, timeout}.
+func (a *Adapter) serve(node nodeRecord, s Sub, m *jetstream.Msg) {
+	start := time.Now()
+	env := DecodeEnvelope(m.Data)
+	topic := a.bus.topicOf(m.Subject)
+	timeout := a.cfg.HandlerTimeout
+	if s.Timeout > 0 {
+		timeout = time.Duration(s.Timeout) * time.Second
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, timeout)
+	res := a.node.call(ctx, node, s.Path, HandlerCall{Topic: topic, Sender: env.Sender, Data: env.Data, Timeout: int(timeout / time.Second)})
+	cancel()
+	if a.ctx.Err() != nil && res.Code != 200 {
+		return // pod stopping: the requester times out rather than seeing our cancellation
+	}
+	reply := Envelope{Data: res.Data, Code: res.Code, Sender: "gilmour.response." + env.Sender}
+	if err := m.Respond(EncodeEnvelope(reply), nil); err != nil {
+		a.log.Debug("gilmour: respond", "topic", topic, "err", err)
+	}
+	a.met.handled(topic, res.Code, time.Since(start))
+	if res.Code >= 300 {
+		a.bus.publishError(topic, env.Sender, res.Code, env.Data, res.Data, "")
+	}
+}

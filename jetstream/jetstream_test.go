@@ -429,3 +429,66 @@ func TestClusterR3WorkQueueSurvivesANodeLoss(t *testing.T) {
 		return got.Ack(ctx)
 	})
 }
+
+// Durable fan-out with groups: a limits stream, one durable consumer per group. Every group gets
+// every message; inside a group each message goes to one member; a group created later still gets
+// what was published before it (durable), and a member that stops consuming leaves its messages to
+// the others after the lease.
+func TestDurableFanOutWithGroups(t *testing.T) {
+	srv := jstest.Server(t)
+	c := jstest.Connect(t, srv)
+	n := c.Names()
+	if _, err := c.Provision(ctxT(t), jetstream.Assets{Streams: []jetstream.StreamSpec{{Name: "EVENTS",
+		Subjects: []string{n.Subject("events", ">")}, MaxAge: time.Hour}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if _, err := c.Publish(ctxT(t), "events.e"+strconv.Itoa(i), []byte(strconv.Itoa(i)), jetstream.PubOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type got struct {
+		mu   sync.Mutex
+		seen map[string]int
+	}
+	consume := func(group string, members int) *got {
+		g := &got{seen: map[string]int{}}
+		for m := 0; m < members; m++ {
+			member := jstest.Connect(t, srv)
+			cons, err := member.EnsureConsumer(ctxT(t), jetstream.ConsumerSpec{Stream: "EVENTS", Durable: group, AckWait: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop, err := cons.Consume(func(j *jetstream.Job) {
+				g.mu.Lock()
+				g.seen[string(j.Data)]++
+				g.mu.Unlock()
+				_ = j.AckAsync()
+			}, 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(stop)
+		}
+		return g
+	}
+	a := consume("GROUP_A", 3)
+	b := consume("GROUP_B", 1)
+	for _, g := range []*got{a, b} {
+		jstest.Eventually(t, 10*time.Second, func() error {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if len(g.seen) != 20 {
+				return errors.New("group has " + strconv.Itoa(len(g.seen)) + " of 20")
+			}
+			return nil
+		})
+		g.mu.Lock()
+		for k, v := range g.seen {
+			if v != 1 {
+				t.Errorf("message %s delivered %d times inside one group", k, v)
+			}
+		}
+		g.mu.Unlock()
+	}
+}

@@ -1,0 +1,308 @@
+package sink
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+	"unicode"
+
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+// outbound delivers a client's cloud events (stream SINK_OUT, subject sink.out.<client>) from its
+// durable consumer over the session: at most one event in flight per (event_type_id, key), device
+// ACK → JetStream ack, device NACK → dead-letter stream with the NACK messages.
+type outbound struct {
+	s      *session
+	ctx    context.Context
+	cancel context.CancelFunc
+	jobs   chan *jetstream.Job
+	res    chan ackResult
+	done   chan struct{}
+	stopC  func()
+	wg     sync.WaitGroup // JetStream acks and dead-letters in progress
+
+	// loop goroutine only
+	inflight map[uint16]*outItem
+	keys     map[string]*keyQueue
+	held     map[uint64]*outItem // by stream sequence
+	nextID   uint16
+}
+
+type outItem struct {
+	job *jetstream.Job
+	ev  Event
+	key string
+	id  uint16
+}
+
+type keyQueue struct {
+	busy  bool
+	queue []*outItem
+}
+
+type ackResult struct {
+	id             uint16
+	ack            bool
+	machine, human []byte
+}
+
+// ConsumerName is the durable consumer of a client's outbound events.
+func ConsumerName(client string) string { return "SINK_OUT_" + client }
+
+func startOutbound(s *session) (*outbound, error) {
+	a := s.a
+	ctx, cancel := context.WithTimeout(s.ctx, 15*time.Second)
+	defer cancel()
+	cons, err := a.env.JS.EnsureConsumer(ctx, jetstream.ConsumerSpec{
+		Stream: StreamOut, Durable: ConsumerName(s.clientID),
+		Description:    "Sink events for client " + s.clientID,
+		FilterSubjects: []string{a.env.JS.Subject("sink", "out", s.clientID)},
+		AckWait:        a.cfg.OutAckWait, MaxAckPending: a.cfg.OutMaxPending,
+	})
+	if err != nil {
+		return nil, err
+	}
+	o := &outbound{s: s, jobs: make(chan *jetstream.Job), res: make(chan ackResult, 64), done: make(chan struct{}),
+		inflight: map[uint16]*outItem{}, keys: map[string]*keyQueue{}, held: map[uint64]*outItem{},
+		nextID: uint16(time.Now().UnixNano()) & MaxID}
+	o.ctx, o.cancel = context.WithCancel(s.ctx)
+	stop, err := cons.Consume(func(j *jetstream.Job) {
+		select {
+		case o.jobs <- j:
+		case <-o.ctx.Done():
+			_ = j.Retry(0) // give it back at once for the next connection
+		}
+	}, min(a.cfg.OutMaxPending, 256))
+	if err != nil {
+		o.cancel()
+		return nil, err
+	}
+	o.stopC = stop
+	go o.loop()
+	return o, nil
+}
+
+func (o *outbound) ready() bool { return o != nil }
+
+// deliverResult hands a device ACK/NACK to the loop; false when the loop is gone.
+func (o *outbound) deliverResult(r ackResult) bool {
+	select {
+	case o.res <- r:
+		return true
+	case <-o.done:
+		return false
+	}
+}
+
+// stop ends delivery: held events go back to JetStream (in sequence order, so per-key order is
+// kept on the next connection).
+func (o *outbound) stop() {
+	o.cancel()
+	o.stopC()
+	<-o.done
+	o.wg.Wait()
+}
+
+func (o *outbound) loop() {
+	defer close(o.done)
+	a := o.s.a
+	t := time.NewTicker(max(a.cfg.OutAckWait/3, 100*time.Millisecond))
+	defer t.Stop()
+	defer o.giveBack()
+	for {
+		select {
+		case <-o.ctx.Done():
+			return
+		case j := <-o.jobs:
+			o.add(j)
+		case r := <-o.res:
+			o.result(r)
+		case <-t.C:
+			for _, it := range o.held {
+				_ = it.job.Extend()
+			}
+		}
+	}
+}
+
+func (o *outbound) giveBack() {
+	items := make([]*outItem, 0, len(o.held))
+	for _, it := range o.held {
+		items = append(items, it)
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].job.Sequence < items[j].job.Sequence })
+	for _, it := range items {
+		_ = it.job.Retry(0)
+	}
+	o.s.a.m.inflight.WithLabelValues("out").Sub(float64(len(o.inflight)))
+	o.held, o.inflight = map[uint64]*outItem{}, map[uint16]*outItem{}
+}
+
+func (o *outbound) add(j *jetstream.Job) {
+	if it, ok := o.held[j.Sequence]; ok {
+		it.job = j // redelivery of an event we still hold (lease ran out): keep the newest handle
+		return
+	}
+	ev, err := o.event(j)
+	if err != nil {
+		o.s.a.env.Metrics.Errors.WithLabelValues("sink", "bad_outbound").Inc()
+		o.s.log.Warn("sink: outbound event dead-lettered", "seq", j.Sequence, "err", err)
+		o.deadLetter(j, "invalid sink event: "+err.Error())
+		return
+	}
+	it := &outItem{job: j, ev: ev, key: strconv.FormatUint(ev.TypeID, 10) + "\x00" + string(ev.Key)}
+	o.held[j.Sequence] = it
+	kq := o.keys[it.key]
+	if kq == nil {
+		kq = &keyQueue{}
+		o.keys[it.key] = kq
+	}
+	if kq.busy {
+		kq.queue = append(kq.queue, it)
+		return
+	}
+	o.send(it, kq)
+}
+
+// event reads the Sink fields of an outbound message (headers; the payload is event_data).
+func (o *outbound) event(j *jetstream.Job) (Event, error) {
+	ev := Event{Data: j.Data, SchemaVersion: 1}
+	num := func(h string, dst *uint64, required bool) error {
+		v := j.Header.Get(h)
+		if v == "" {
+			if required {
+				return fmt.Errorf("header %s missing", h)
+			}
+			return nil
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("header %s %q: %w", h, v, err)
+		}
+		*dst = n
+		return nil
+	}
+	if err := num(HdrEventType, &ev.TypeID, true); err != nil {
+		return ev, err
+	}
+	if err := num(HdrSchemaVersion, &ev.SchemaVersion, false); err != nil {
+		return ev, err
+	}
+	if k := j.Header.Get(HdrKey); k != "" {
+		b, err := base64.StdEncoding.DecodeString(k)
+		if err != nil {
+			return ev, fmt.Errorf("header %s: %w", HdrKey, err)
+		}
+		ev.Key = b
+	}
+	ev.Timestamp = uint64(j.Time.Unix())
+	if err := num(HdrTimestamp, &ev.Timestamp, false); err != nil {
+		return ev, err
+	}
+	if err := num(HdrOffset, &ev.Offset, false); err != nil {
+		return ev, err
+	}
+	if ev.Offset == 0 {
+		ctx, cancel := context.WithTimeout(o.ctx, 10*time.Second)
+		defer cancel()
+		off, err := o.s.a.reg.nextOffset(ctx, o.s.clientID, ev.TypeID, ev.Key, j.Sequence)
+		if err != nil {
+			return ev, fmt.Errorf("assign offset: %w", err)
+		}
+		ev.Offset = off
+	}
+	if _, err := AppendPublish(nil, 0, ev); err != nil {
+		return ev, err
+	}
+	return ev, nil
+}
+
+func (o *outbound) send(it *outItem, kq *keyQueue) {
+	id := o.nextID
+	for o.inflight[id] != nil {
+		id = (id + 1) & MaxID
+	}
+	o.nextID = (id + 1) & MaxID
+	f, err := AppendPublish(nil, id, it.ev)
+	if err != nil { // checked in event(); kept for safety
+		delete(o.held, it.job.Sequence)
+		o.deadLetter(it.job, err.Error())
+		return
+	}
+	it.id = id
+	o.inflight[id] = it
+	kq.busy = true
+	o.s.a.m.inflight.WithLabelValues("out").Inc()
+	o.s.sendOut(f, "publish")
+}
+
+func (o *outbound) result(r ackResult) {
+	a := o.s.a
+	it := o.inflight[r.id]
+	if it == nil {
+		a.m.unknownIDs.Inc() // forgiving: counted and ignored
+		return
+	}
+	delete(o.inflight, r.id)
+	delete(o.held, it.job.Sequence)
+	a.m.inflight.WithLabelValues("out").Dec()
+	if r.ack {
+		j := it.job
+		o.wg.Add(1)
+		go func() {
+			defer o.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := j.Ack(ctx); err != nil {
+				o.s.log.Warn("sink: outbound ack", "seq", j.Sequence, "err", err)
+			}
+		}()
+	} else {
+		if it.job.Header == nil {
+			it.job.Header = jetstream.Header{}
+		}
+		it.job.Header.Set(HdrNackMachine, headerText(r.machine))
+		it.job.Header.Set(HdrNackHuman, headerText(r.human))
+		o.deadLetter(it.job, "sink nack: machine="+headerText(r.machine)+" human="+headerText(r.human))
+	}
+	kq := o.keys[it.key]
+	if kq == nil {
+		return
+	}
+	kq.busy = false
+	if len(kq.queue) > 0 {
+		next := kq.queue[0]
+		kq.queue = kq.queue[1:]
+		o.send(next, kq)
+	} else {
+		delete(o.keys, it.key)
+	}
+}
+
+func (o *outbound) deadLetter(j *jetstream.Job, reason string) {
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := j.DeadLetter(ctx, reason); err != nil {
+			o.s.log.Warn("sink: dead-letter", "seq", j.Sequence, "err", err)
+		}
+	}()
+}
+
+// headerText makes bytes safe for a NATS header value: printable text as is, anything else as
+// "base64:<...>".
+func headerText(b []byte) string {
+	for _, r := range string(b) {
+		if r == unicode.ReplacementChar || !unicode.IsPrint(r) {
+			return "base64:" + base64.StdEncoding.EncodeToString(b)
+		}
+	}
+	return string(b)
+}

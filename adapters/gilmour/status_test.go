@@ -1,0 +1,130 @@
+package gilmour
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
+)
+
+// TestStatusCodes covers every status code of the Decisions.
+func TestStatusCodes(t *testing.T) {
+	e := newEnv(t, "--gilmour-max-body=4096")
+	n := newNode(t)
+	released := make(chan struct{})
+	n.handle("/slow", func(HandlerCall) (int, any) {
+		select {
+		case <-released:
+		case <-time.After(10 * time.Second):
+		}
+		return 200, "late"
+	})
+	n.handle("/fail", func(HandlerCall) (int, any) { return 503, map[string]string{"error": "boom"} })
+	n.handle("/text", func(HandlerCall) (int, any) { return 200, "plain text" })
+	n.handle("/ok", echoHandler("ok"))
+	id := n.register(e.url, map[string]any{"services": map[string]any{
+		"slow": map[string]any{"group": "g", "path": "/slow", "timeout": 1},
+		"fail": map[string]any{"group": "g", "path": "/fail"},
+		"text": map[string]any{"group": "g", "path": "/text"},
+		"ok":   map[string]any{"group": "g", "path": "/ok"},
+	}})
+	defer close(released)
+	waitServed(t, e.url, id, "ok")
+
+	// 200 with a non-JSON body returned as a string
+	code, r := request(t, e.url, id, map[string]any{"topic": "text"})
+	if code != 200 || string(r.Messages[0].Data) != `"plain text"` {
+		t.Fatalf("text: %d %+v", code, r)
+	}
+	// 504: handler timeout (1 s) shorter than the requester's (5 s)
+	start := time.Now()
+	code, r = request(t, e.url, id, map[string]any{"topic": "slow", "timeout": 5})
+	if code != 504 || r.Code != 504 || string(r.Messages[0].Data) != `"Execution timed out"` {
+		t.Fatalf("504: %d %+v", code, r)
+	}
+	if el := time.Since(start); el > 4*time.Second {
+		t.Fatalf("504 took %v", el)
+	}
+	// 499: requester timeout (1 s) shorter than the handler's (600 s default)
+	code, _ = call(t, "POST", e.url+"/nodes/"+id+"/services", `{"topic":"slower","group":"g","path":"/slow"}`)
+	if code != 200 {
+		t.Fatal(code)
+	}
+	waitServedCode(t, e.url, id, "slower", 499)
+	// 500: handler answered non-2xx; its body is the data
+	code, r = request(t, e.url, id, map[string]any{"topic": "fail"})
+	if code != 500 || string(r.Messages[0].Data) != `{"error":"boom"}` {
+		t.Fatalf("500: %d %+v", code, r)
+	}
+	// 404: no listeners
+	code, r = request(t, e.url, id, map[string]any{"topic": "nobody.home"})
+	if code != 404 || string(r.Messages[0].Data) != `"No active listeners for: nobody.home"` || r.Length != 1 {
+		t.Fatalf("404: %d %+v", code, r)
+	}
+	// 404: unknown node on every route
+	for _, p := range []string{"/nodes/nope", "/nodes/nope/slots", "/nodes/nope/services"} {
+		if code, b := call(t, "GET", e.url+p, nil); code != 404 || string(b) != `{"status":"node not found"}`+"\n" {
+			t.Fatalf("%s: %d %s", p, code, b)
+		}
+	}
+	// 413: body over --gilmour-max-body
+	huge := `{"topic":"ok","message":"` + strings.Repeat("x", 5000) + `"}`
+	if code, b := call(t, "POST", e.url+"/request/"+id, huge); code != 413 {
+		t.Fatalf("413: %d %s", code, b)
+	}
+	if code, b := call(t, "POST", e.url+"/nodes", `{"port":1,"x":"`+strings.Repeat("x", 5000)+`"}`); code != 413 {
+		t.Fatalf("413 nodes: %d %s", code, b)
+	}
+	// 400: malformed body, wildcard service, missing group
+	for _, c := range []struct{ path, body, want string }{
+		{"/request/" + id, `{"topic":`, "malformed JSON"},
+		{"/nodes/" + id + "/services", `{"topic":"a.*","group":"g","path":"/x"}`, "wildcards are not allowed"},
+		{"/nodes/" + id + "/services", `{"topic":"a","path":"/x"}`, "missing group"},
+		{"/signal/" + id, `{"topic":"a.*"}`, "wildcards are not allowed"},
+	} {
+		code, b := call(t, "POST", e.url+c.path, c.body)
+		if code != 400 || !strings.Contains(string(b), c.want) {
+			t.Fatalf("%s %s: %d %s", c.path, c.body, code, b)
+		}
+	}
+	// 502: the first health ping fails (nothing listens on the port)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	code, b := call(t, "POST", e.url+"/nodes", `{"port":`+strconv.Itoa(port)+`}`)
+	if code != 502 || !strings.Contains(string(b), "health check failed") {
+		t.Fatalf("502: %d %s", code, b)
+	}
+	// 502: health answers 500
+	bad := newNode(t)
+	bad.health.Store(500)
+	code, b = call(t, "POST", e.url+"/nodes", fmt.Sprintf(`{"port":"%d"}`, bad.port))
+	if code != 502 {
+		t.Fatalf("502 on 500: %d %s", code, b)
+	}
+	// unknown route
+	if code, _ := call(t, "GET", e.url+"/nope", nil); code != 404 {
+		t.Fatalf("unknown route: %d", code)
+	}
+}
+
+func waitServedCode(t *testing.T, url, id, topic string, want int) {
+	t.Helper()
+	jstest.Eventually(t, 10*time.Second, func() error {
+		code, r := request(t, url, id, map[string]any{"topic": topic, "timeout": 1})
+		if code != want || r.Code != want {
+			return fmt.Errorf("%s: %d %+v, want %d", topic, code, r, want)
+		}
+		if want == 499 && string(r.Messages[0].Data) != `"Execution timed out"` {
+			return fmt.Errorf("499 data: %s", r.Messages[0].Data)
+		}
+		return nil
+	})
+}

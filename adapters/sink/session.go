@@ -48,6 +48,7 @@ type session struct {
 
 	closeOnce sync.Once
 	reason    atomic.Value // string
+	closing   atomic.Bool
 }
 
 // serve runs one accepted TCP connection until it ends.
@@ -143,6 +144,7 @@ func (s *session) run() {
 // closeGraceful ends the connection after the frames in progress (reading stops now).
 func (s *session) closeGraceful(reason string) {
 	s.closeOnce.Do(func() { s.reason.Store(reason) })
+	s.closing.Store(true)
 	_ = s.conn.SetReadDeadline(time.Unix(1, 0))
 }
 
@@ -193,7 +195,7 @@ func (s *session) readLoop() {
 	br := bufio.NewReaderSize(s.conn, 16<<10)
 	idle := s.a.cfg.Keepalive * 3 / 2
 	for {
-		if err := s.conn.SetReadDeadline(time.Now().Add(idle)); err != nil {
+		if err := s.conn.SetReadDeadline(time.Now().Add(idle)); err != nil || s.closing.Load() {
 			return
 		}
 		f, err := ReadFrame(br, nil)

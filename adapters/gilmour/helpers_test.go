@@ -245,3 +245,9 @@ func waitServed(t testing.TB, url, id, topic string) {
 		return nil
 	})
 }
+
+// startPod starts a pod with the fast test flags on js.
+func startPod(t *testing.T, js *jetstream.Client, args ...string) *bridgetest.Pod {
+	t.Helper()
+	return bridgetest.Start(t, js, New(), append(append([]string{}, fastFlags...), args...)...)
+}

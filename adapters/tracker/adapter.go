@@ -1,0 +1,455 @@
+// Package tracker serves the Tracker protocol (mnbot's work-item protocol for crawler pipelines,
+// v1) over WebSocket, on JetStream: items are KV records with CAS, claimable items are tokens on a
+// work-queue stream, results go to a results stream and every change is an event on a subject.
+package tracker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"github.com/jetbridge/jetbridge/bridge"
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+const protocolName = "tracker"
+
+// Adapter is the tracker protocol adapter.
+type Adapter struct {
+	// configuration (flags)
+	infoURL        string
+	lease          time.Duration
+	maxTries       int
+	sweepEvery     time.Duration
+	idleTimeout    time.Duration
+	authTTL        time.Duration
+	cmdTimeout     time.Duration
+	minVersion     string
+	maxFrame       int
+	maxConns       int
+	dripEvery      time.Duration
+	resultsMaxAge  time.Duration
+	eventsMaxAge   time.Duration
+	resultsDupeWin time.Duration
+
+	env  *bridge.Env
+	q    *Queue
+	auth *authenticator
+	rate rateLimiter
+	m    *trackerMetrics
+	up   websocket.Upgrader
+	srv  *http.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	byPipe   map[string]map[*session]struct{}
+	nconns   atomic.Int64
+	draining atomic.Bool
+
+	advSub *jetstream.Subscription
+
+	limMu    sync.Mutex
+	limCache map[string]cachedAuth
+}
+
+// New returns the tracker adapter; its configuration comes from the flags it registers.
+func New() *Adapter { return &Adapter{} }
+
+// Name is the protocol name.
+func (a *Adapter) Name() string { return protocolName }
+
+// Listeners declares the WebSocket listener.
+func (a *Adapter) Listeners() []bridge.ListenerSpec {
+	return []bridge.ListenerSpec{{Name: "tracker", Flag: "tracker-listen", Default: ":8897",
+		Usage: "Tracker protocol WebSocket listener (any path, HTTP Basic auth)"}}
+}
+
+// Flags registers the adapter's flags.
+func (a *Adapter) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&a.infoURL, "tracker-info-url", "", "info_url sent with every claimed item")
+	fs.DurationVar(&a.lease, "tracker-lease", 24*time.Hour, "default claim lease (per pipeline type setting overrides it); System:ping renews it")
+	fs.IntVar(&a.maxTries, "tracker-max-tries", 3, "default attempts before an item becomes error (per pipeline type setting overrides it)")
+	fs.DurationVar(&a.sweepEvery, "tracker-sweep-interval", time.Second, "how often expired leases are looked for")
+	fs.DurationVar(&a.idleTimeout, "tracker-idle-timeout", 5*time.Minute, "close a connection that sends nothing for this long (0 = never)")
+	fs.DurationVar(&a.authTTL, "tracker-auth-cache", 30*time.Second, "how long a verified pipeline secret is remembered")
+	fs.DurationVar(&a.cmdTimeout, "tracker-command-timeout", 10*time.Second, "deadline of one command against JetStream")
+	fs.StringVar(&a.minVersion, "tracker-min-version", "", "minimum client version (hello v); older clients get 426")
+	fs.IntVar(&a.maxFrame, "tracker-max-frame", 0, "maximum frame size in bytes (0 = the pod's --max-message)")
+	fs.IntVar(&a.maxConns, "tracker-max-connections", 50000, "maximum WebSocket connections per pod")
+	fs.DurationVar(&a.dripEvery, "tracker-dripfeed-interval", time.Second, "how often stashes are drip-fed into the queue")
+	fs.DurationVar(&a.resultsMaxAge, "tracker-results-max-age", 30*24*time.Hour, "how long stored results are kept")
+	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
+	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
+}
+
+// Assets declares the tracker's streams, consumers and buckets.
+func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
+	dupe := a.resultsDupeWin
+	if dupe == 0 {
+		dupe = 20 * time.Minute
+	}
+	return jetstream.Assets{
+		Streams: []jetstream.StreamSpec{
+			{Name: streamReady, Description: "tracker: ready tokens of claimable items (work queue)",
+				Subjects: []string{n.Subject("tracker", "ready", ">")}, Retention: jetstream.WorkQueue, AllowDirect: true},
+			{Name: streamStash, Description: "tracker: stashed items waiting to be drip-fed (work queue)",
+				Subjects: []string{n.Subject("tracker", "stash", ">")}, Retention: jetstream.WorkQueue, Duplicates: time.Hour},
+			{Name: streamResults, Description: "tracker: Item:store results",
+				Subjects: []string{n.Subject("tracker", "results", ">")}, MaxAge: a.resultsMaxAge, Duplicates: dupe},
+			{Name: streamEvents, Description: "tracker: item events and rejected submissions",
+				Subjects: []string{n.Subject("tracker", "events", ">"), n.Subject("tracker", "rejects")}, MaxAge: a.eventsMaxAge},
+			{Name: streamSubmit, Description: "tracker: items submitted by NATS clients (work queue)",
+				Subjects: []string{n.Subject("tracker", "submit")}, Retention: jetstream.WorkQueue, Duplicates: 10 * time.Minute},
+		},
+		Consumers: []jetstream.ConsumerSpec{
+			{Stream: streamSubmit, Durable: consSubmit, Description: "tracker pods enqueue submitted items",
+				AckWait: 30 * time.Second, MaxDeliver: 10},
+		},
+		Buckets: []jetstream.BucketSpec{
+			{Name: bucketItems, Description: "tracker: item records (status, attempts, claim)"},
+			{Name: bucketPipes, Description: "tracker: pipelines (argon2id secret hashes, limits)"},
+			{Name: bucketConfig, Description: "tracker: pipeline type settings and stashes"},
+		},
+	}
+}
+
+type trackerMetrics struct {
+	claims, finishes, fails, stores, revocations prometheus.Counter
+}
+
+func (a *Adapter) metrics() *bridge.Metrics { return a.env.Metrics }
+
+// Start serves the WebSocket listener and starts the lease sweeper, the submit consumer and the
+// drip-feeder.
+func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
+	a.env = env
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.sessions = map[*session]struct{}{}
+	a.byPipe = map[string]map[*session]struct{}{}
+	a.limCache = map[string]cachedAuth{}
+	if a.lease <= 0 {
+		a.lease = 24 * time.Hour
+	}
+	if a.maxTries <= 0 {
+		a.maxTries = 3
+	}
+	if a.cmdTimeout <= 0 {
+		a.cmdTimeout = 10 * time.Second
+	}
+	if a.sweepEvery <= 0 {
+		a.sweepEvery = time.Second
+	}
+	if a.dripEvery <= 0 {
+		a.dripEvery = time.Second
+	}
+	if a.maxFrame <= 0 {
+		a.maxFrame = env.MaxMessage
+	}
+	if a.maxFrame <= 0 {
+		a.maxFrame = 1 << 20
+	}
+	a.m = &trackerMetrics{
+		claims:      prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_claims_total", Help: "Items claimed."}),
+		finishes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_finishes_total", Help: "Items finished."}),
+		fails:       prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_fails_total", Help: "Item:fail commands accepted."}),
+		stores:      prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_stores_total", Help: "Results stored."}),
+		revocations: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_revocations_total", Help: "Claims revoked (lease expired, operator)."}),
+	}
+	q, err := newQueue(ctx, env.JS, env.PodID, env.Log, a.lease, a.maxTries, a.m)
+	if err != nil {
+		return fmt.Errorf("tracker: %w", err)
+	}
+	a.q = q
+	for _, c := range []prometheus.Collector{a.m.claims, a.m.finishes, a.m.fails, a.m.stores, a.m.revocations, &depthCollector{a: a}} {
+		if err := env.Registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return fmt.Errorf("tracker metrics: %w", err)
+			}
+		}
+	}
+	a.auth = newAuthenticator(q.pipes, a.authTTL)
+	a.up = websocket.Upgrader{ReadBufferSize: 256, WriteBufferPool: &sync.Pool{},
+		HandshakeTimeout: 10 * time.Second, CheckOrigin: func(*http.Request) bool { return true }}
+
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		q.index.watch(a.ctx, q.items, func(err error) { env.Log.Warn("tracker: items watch", "err", err) })
+	}()
+	select {
+	case <-q.index.ready:
+	case <-time.After(10 * time.Second):
+		env.Log.Warn("tracker: claim index not loaded after 10s; continuing")
+	}
+	a.advSub, err = env.JS.Subscribe(env.JS.Subject("tracker", "advisory", "*"), "", a.deliverAdvisory)
+	if err != nil {
+		return fmt.Errorf("tracker: %w", err)
+	}
+	a.wg.Add(3)
+	go func() { defer a.wg.Done(); a.sweepLoop() }()
+	go func() { defer a.wg.Done(); a.submitLoop() }()
+	go func() { defer a.wg.Done(); a.dripLoop() }()
+
+	a.registerAdmin(env)
+
+	if ln, ok := env.Listeners["tracker"]; ok {
+		a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10,
+			ErrorLog: nil}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				env.Log.Error("tracker listener", "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// ServeHTTP authenticates and upgrades a connection, then runs its session.
+func (a *Adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.draining.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	user, pass, ok := r.BasicAuth()
+	var p Pipeline
+	if ok {
+		ctx, cancel := context.WithTimeout(r.Context(), a.cmdTimeout)
+		var err error
+		p, err = a.auth.check(ctx, user, pass)
+		cancel()
+		if err != nil && !errors.Is(err, errBadCredentials) {
+			a.env.Log.Warn("tracker auth", "pipeline", user, "err", err)
+			http.Error(w, "service unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		ok = err == nil
+	}
+	if !ok {
+		a.metrics().Errors.WithLabelValues(protocolName, "auth").Inc()
+		w.Header().Set("WWW-Authenticate", `Basic realm="jetbridge tracker"`)
+		http.Error(w, "Unauthorized", http.StatusUnauthorized)
+		return
+	}
+	if a.maxConns > 0 && a.nconns.Load() >= int64(a.maxConns) {
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	conn, err := a.up.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	conn.SetReadLimit(int64(a.maxFrame))
+	s := &session{a: a, conn: conn, pipeline: p.Name, limits: p}
+	if !a.register(s) {
+		s.closeWith(websocket.CloseGoingAway, "server shutting down")
+		return
+	}
+	defer a.unregister(s)
+	s.serve()
+}
+
+func (a *Adapter) register(s *session) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining.Load() || a.ctx.Err() != nil {
+		return false
+	}
+	a.sessions[s] = struct{}{}
+	set := a.byPipe[s.pipeline]
+	if set == nil {
+		set = map[*session]struct{}{}
+		a.byPipe[s.pipeline] = set
+	}
+	set[s] = struct{}{}
+	a.nconns.Add(1)
+	a.metrics().Connections.WithLabelValues(protocolName).Inc()
+	return true
+}
+
+func (a *Adapter) unregister(s *session) {
+	s.wmu.Lock()
+	s.done = true
+	s.wmu.Unlock()
+	_ = s.conn.Close()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.sessions[s]; !ok {
+		return
+	}
+	delete(a.sessions, s)
+	if set := a.byPipe[s.pipeline]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(a.byPipe, s.pipeline)
+		}
+	}
+	a.nconns.Add(-1)
+	a.metrics().Connections.WithLabelValues(protocolName).Dec()
+}
+
+// deliverAdvisory writes an advisory published on tracker.advisory.<pipeline> to this pod's
+// connections of that pipeline.
+func (a *Adapter) deliverAdvisory(m *jetstream.Msg) {
+	pipeline := m.Subject[len(a.env.JS.Subject("tracker", "advisory", "")):]
+	a.mu.Lock()
+	var targets []*session
+	for s := range a.byPipe[pipeline] {
+		targets = append(targets, s)
+	}
+	a.mu.Unlock()
+	for _, s := range targets {
+		if err := s.write(m.Data); err == nil {
+			a.metrics().MessagesOut.WithLabelValues(protocolName, "Item:revoked").Inc()
+		}
+	}
+}
+
+// limits returns the pipeline's current budget and rate (re-read every few seconds so that
+// operator changes apply to open connections).
+func (a *Adapter) limits(ctx context.Context, name string, fallback Pipeline) Pipeline {
+	a.limMu.Lock()
+	c, ok := a.limCache[name]
+	a.limMu.Unlock()
+	if ok && time.Since(c.at) < 5*time.Second {
+		return c.p
+	}
+	p := fallback
+	if e, err := a.q.pipes.Get(ctx, name); err == nil {
+		var fresh Pipeline
+		if json.Unmarshal(e.Value, &fresh) == nil {
+			p = fresh
+		}
+	}
+	a.limMu.Lock()
+	a.limCache[name] = cachedAuth{p: p, at: time.Now()}
+	a.limMu.Unlock()
+	return p
+}
+
+func (a *Adapter) forgetLimits(name string) {
+	a.limMu.Lock()
+	delete(a.limCache, name)
+	a.limMu.Unlock()
+}
+
+// sweepLoop requeues items whose lease ran out. Every pod sweeps; the record's CAS makes sure one
+// of them wins and only the winner sends the advisory.
+func (a *Adapter) sweepLoop() {
+	t := time.NewTicker(a.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, c := range a.q.index.expired(epoch(time.Now())) {
+			if a.ctx.Err() != nil {
+				return
+			}
+			ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
+			if err := a.q.expire(ctx, c.id, c.attempt); err != nil {
+				var se *statusError
+				if !errors.As(err, &se) {
+					a.env.Log.Warn("tracker: lease expiry", "id", c.id, "err", err)
+				}
+			}
+			cancel()
+		}
+	}
+}
+
+// Drain stops accepting connections and closes the open ones once their command in flight is
+// answered.
+func (a *Adapter) Drain(ctx context.Context) error {
+	a.draining.Store(true)
+	if a.srv != nil {
+		_ = a.srv.Shutdown(ctx)
+	}
+	a.mu.Lock()
+	var all []*session
+	for s := range a.sessions {
+		all = append(all, s)
+	}
+	a.mu.Unlock()
+	for _, s := range all {
+		locked := make(chan struct{})
+		go func() { s.cmdMu.Lock(); close(locked) }()
+		select {
+		case <-locked:
+			s.closeWith(websocket.CloseGoingAway, "server shutting down")
+			s.cmdMu.Unlock()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Stop closes every connection and stops the background work.
+func (a *Adapter) Stop() error {
+	a.draining.Store(true)
+	if a.cancel != nil {
+		a.cancel()
+	}
+	if a.srv != nil {
+		_ = a.srv.Close()
+	}
+	a.mu.Lock()
+	for s := range a.sessions {
+		_ = s.conn.Close()
+	}
+	a.mu.Unlock()
+	if a.advSub != nil {
+		_ = a.advSub.Unsubscribe()
+	}
+	a.wg.Wait()
+	return nil
+}
+
+// depthCollector reports the ready tokens per pipeline type at scrape time.
+type depthCollector struct{ a *Adapter }
+
+var depthDesc = prometheus.NewDesc("jetbridge_tracker_queue_depth", "Ready tokens per pipeline type (claimable items, may include a few stale tokens).", []string{"pipeline_type"}, nil)
+
+func (d *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc }
+
+func (d *depthCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	counts, err := d.a.env.JS.SubjectCounts(ctx, streamReady, d.a.env.JS.Subject("tracker", "ready", ">"))
+	if err != nil {
+		return
+	}
+	prefix := d.a.env.JS.Subject("tracker", "ready", "")
+	per := map[string]float64{}
+	for subj, n := range counts {
+		rest := subj[len(prefix):]
+		for i := 0; i < len(rest); i++ {
+			if rest[i] == '.' {
+				rest = rest[:i]
+				break
+			}
+		}
+		per[rest] += float64(n)
+	}
+	for pt, n := range per {
+		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, n, pt)
+	}
+}

@@ -1,0 +1,335 @@
+package tracker
+
+// codec.go turns Tracker protocol frames into structs and back. It does no I/O.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Frame kinds a decoded text frame can be.
+const (
+	kindRequest = iota + 1
+	kindHello
+)
+
+// Request is one decoded client frame: a request ({"type","seq","request"}) or the hello ({"v", "p"}).
+type Request struct {
+	Kind int
+	Type string
+	Seq  int64
+	// Params is the "request" object; nil when missing or null.
+	Params map[string]json.RawMessage
+	// Hello fields.
+	Version  string
+	Protocol int
+}
+
+// FrameError is a frame that cannot be handled; it becomes an error response. HasSeq says whether
+// the request's seq could be read (an error never goes out with seq null).
+type FrameError struct {
+	Status  int
+	Message string
+	Seq     int64
+	HasSeq  bool
+}
+
+func (e *FrameError) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Message) }
+
+// DecodeFrame parses one text frame. first says whether it is the connection's first frame (only
+// the first frame may be the hello).
+func DecodeFrame(data []byte, first bool) (*Request, *FrameError) {
+	var top map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&top); err != nil || top == nil || dec.More() {
+		return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
+	}
+	if _, err := dec.Token(); err == nil {
+		// trailing garbage after the object
+		return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
+	}
+	_, hasType := top["type"]
+	if first && !hasType {
+		if v, ok := top["v"]; ok {
+			return decodeHello(v, top["p"])
+		}
+	}
+	r := &Request{Kind: kindRequest}
+	seqRaw, hasSeq := top["seq"]
+	if hasSeq {
+		seq, ok := parseInt(seqRaw)
+		if !ok {
+			return nil, &FrameError{Status: 400, Message: "Missing message data"}
+		}
+		r.Seq = seq
+	}
+	typRaw, ok := top["type"]
+	if !ok || !hasSeq {
+		return nil, &FrameError{Status: 400, Message: "Missing message data", Seq: r.Seq, HasSeq: hasSeq}
+	}
+	if err := json.Unmarshal(typRaw, &r.Type); err != nil || r.Type == "" {
+		return nil, &FrameError{Status: 400, Message: "Missing message data", Seq: r.Seq, HasSeq: true}
+	}
+	if raw, ok := top["request"]; ok && !isNull(raw) {
+		if len(bytes.TrimSpace(raw)) == 0 || bytes.TrimSpace(raw)[0] != '{' {
+			return nil, &FrameError{Status: 400, Message: "Parameter request must be an object or null", Seq: r.Seq, HasSeq: true}
+		}
+		if err := json.Unmarshal(raw, &r.Params); err != nil {
+			return nil, &FrameError{Status: 400, Message: "Parameter request must be an object or null", Seq: r.Seq, HasSeq: true}
+		}
+	}
+	return r, nil
+}
+
+func decodeHello(v, p json.RawMessage) (*Request, *FrameError) {
+	r := &Request{Kind: kindHello, Protocol: 1}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		if isNull(v) {
+			s = ""
+		} else {
+			s = strings.Trim(string(bytes.TrimSpace(v)), `"`)
+		}
+	}
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	r.Version = s
+	if p != nil && !isNull(p) {
+		n, ok := parseInt(p)
+		if !ok {
+			var ps string
+			if json.Unmarshal(p, &ps) == nil {
+				if v, err := strconv.ParseInt(ps, 10, 64); err == nil {
+					n, ok = v, true
+				}
+			}
+		}
+		if !ok || n < math.MinInt32 || n > math.MaxInt32 {
+			r.Protocol = 0
+		} else {
+			r.Protocol = int(n)
+		}
+	}
+	return r, nil
+}
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+// parseInt reads a JSON integer (no fraction, no exponent, fits int64).
+func parseInt(raw json.RawMessage) (int64, bool) {
+	s := string(bytes.TrimSpace(raw))
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return n, true
+}
+
+// Params validates a request's parameters: every key must be known, required ones present, each
+// of the right type. The first problem becomes a 400 naming the parameter.
+type Params struct {
+	m    map[string]json.RawMessage
+	used map[string]bool
+	err  string
+}
+
+func newParams(m map[string]json.RawMessage) *Params { return &Params{m: m, used: map[string]bool{}} }
+
+func (p *Params) fail(msg string) {
+	if p.err == "" {
+		p.err = msg
+	}
+}
+
+func (p *Params) get(name string, required bool) (json.RawMessage, bool) {
+	p.used[name] = true
+	raw, ok := p.m[name]
+	if !ok || (isNull(raw) && required) {
+		if required {
+			p.fail("Missing parameter: " + name)
+		}
+		return nil, false
+	}
+	if isNull(raw) {
+		return nil, false
+	}
+	return raw, true
+}
+
+// String reads a string parameter.
+func (p *Params) String(name string, required bool) string {
+	raw, ok := p.get(name, required)
+	if !ok {
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		p.fail("Parameter " + name + " must be a string")
+	}
+	return s
+}
+
+// Int reads an integer parameter; ok is false when it is absent.
+func (p *Params) Int(name string, required bool) (int64, bool) {
+	raw, ok := p.get(name, required)
+	if !ok {
+		return 0, false
+	}
+	n, good := parseInt(raw)
+	if !good {
+		p.fail("Parameter " + name + " must be an integer")
+		return 0, false
+	}
+	return n, true
+}
+
+// Bool reads a boolean parameter.
+func (p *Params) Bool(name string, required bool) bool {
+	raw, ok := p.get(name, required)
+	if !ok {
+		return false
+	}
+	var b bool
+	if err := json.Unmarshal(raw, &b); err != nil {
+		p.fail("Parameter " + name + " must be a boolean")
+	}
+	return b
+}
+
+// Raw reads a parameter of any JSON type.
+func (p *Params) Raw(name string, required bool) json.RawMessage {
+	p.used[name] = true
+	raw, ok := p.m[name]
+	if !ok {
+		if required {
+			p.fail("Missing parameter: " + name)
+		}
+		return nil
+	}
+	return raw
+}
+
+// Strings reads a list of strings.
+func (p *Params) Strings(name string) []string {
+	raw, ok := p.get(name, false)
+	if !ok {
+		return nil
+	}
+	var l []string
+	if err := json.Unmarshal(raw, &l); err != nil {
+		p.fail("Parameter " + name + " must be a list of strings")
+	}
+	return l
+}
+
+// Err reports the first problem, including parameters nobody asked for.
+func (p *Params) Err() string {
+	if p.err != "" {
+		return p.err
+	}
+	var extra []string
+	for k := range p.m {
+		if !p.used[k] {
+			extra = append(extra, k)
+		}
+	}
+	if len(extra) > 0 {
+		sort.Strings(extra)
+		return "Unexpected parameter: " + extra[0]
+	}
+	return ""
+}
+
+// response is a frame the server sends.
+type response struct {
+	Status  int    `json:"status"`
+	Message string `json:"message,omitempty"`
+	Payload any    `json:"payload"`
+	Seq     *int64 `json:"seq,omitempty"`
+}
+
+// EncodeResponse encodes a success response; payload nil encodes as null.
+func EncodeResponse(status int, payload any, seq int64) []byte {
+	b, err := json.Marshal(response{Status: status, Payload: payload, Seq: &seq})
+	if err != nil {
+		// payloads are built by this package; this cannot happen with valid data
+		return EncodeError(&FrameError{Status: 500, Message: "An exception occured.", Seq: seq, HasSeq: true})
+	}
+	return b
+}
+
+// EncodeError encodes an error response: status, message, "payload": null and seq when known
+// (never seq null: the client would take the frame for an advisory).
+func EncodeError(e *FrameError) []byte {
+	r := response{Status: e.Status, Message: e.Message}
+	if e.HasSeq {
+		s := e.Seq
+		r.Seq = &s
+	}
+	b, _ := json.Marshal(r)
+	return b
+}
+
+// advisory is an unsolicited frame (seq is always null).
+type advisory struct {
+	Type    string `json:"type"`
+	Payload any    `json:"payload"`
+	Seq     *int64 `json:"seq"`
+}
+
+// EncodeAdvisory encodes an advisory frame with "seq": null.
+func EncodeAdvisory(typ string, payload any) []byte {
+	b, _ := json.Marshal(advisory{Type: typ, Payload: payload})
+	return b
+}
+
+// b85 is Python's base64.b85encode alphabet.
+const b85Alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~"
+
+var b85Index = func() (t [256]int16) {
+	for i := range t {
+		t[i] = -1
+	}
+	for i := 0; i < len(b85Alphabet); i++ {
+		t[b85Alphabet[i]] = int16(i)
+	}
+	return t
+}()
+
+var errBase85 = errors.New("invalid base85")
+
+// DecodeBase85 decodes Python's b85encode output (padding stripped, as b85encode(pad=False) does).
+func DecodeBase85(s string) ([]byte, error) {
+	pad := (5 - len(s)%5) % 5
+	if pad == 4 {
+		return nil, fmt.Errorf("%w: bad length %d", errBase85, len(s))
+	}
+	out := make([]byte, 0, (len(s)+pad)/5*4)
+	for i := 0; i < len(s)+pad; i += 5 {
+		var acc uint64
+		for j := 0; j < 5; j++ {
+			c := byte('~')
+			if i+j < len(s) {
+				c = s[i+j]
+			}
+			d := b85Index[c]
+			if d < 0 {
+				return nil, fmt.Errorf("%w: byte %q at %d", errBase85, c, i+j)
+			}
+			acc = acc*85 + uint64(d)
+		}
+		if acc > math.MaxUint32 {
+			return nil, fmt.Errorf("%w: overflow in hunk at %d", errBase85, i)
+		}
+		out = append(out, byte(acc>>24), byte(acc>>16), byte(acc>>8), byte(acc))
+	}
+	return out[:len(out)-pad], nil
+}

@@ -1,0 +1,238 @@
+package tracker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+// claimInfo is one open claim as the pod's index knows it.
+type claimInfo struct {
+	id       string
+	pipeline string
+	ptype    string
+	attempt  int
+	lease    float64 // lease end, epoch seconds
+	claimed  float64
+	rev      uint64
+	val      []byte
+}
+
+// claimIndex holds every open claim of the whole tracker (all pods), fed by a watch on the items
+// bucket. It is an index only: every decision is re-checked against the record with CAS.
+type claimIndex struct {
+	mu     sync.Mutex
+	m      map[string]*claimInfo
+	byPipe map[string]map[string]struct{}
+	revs   map[string]uint64 // revision of each indexed claim
+	seen   uint64            // highest revision the watch delivered (revisions are bucket-wide)
+	ready  chan struct{}
+	once   sync.Once
+}
+
+func newClaimIndex() *claimIndex {
+	return &claimIndex{m: map[string]*claimInfo{}, byPipe: map[string]map[string]struct{}{},
+		revs: map[string]uint64{}, ready: make(chan struct{})}
+}
+
+func (x *claimIndex) removeLocked(id string) {
+	if c, ok := x.m[id]; ok {
+		if s := x.byPipe[c.pipeline]; s != nil {
+			delete(s, id)
+			if len(s) == 0 {
+				delete(x.byPipe, c.pipeline)
+			}
+		}
+		delete(x.m, id)
+	}
+}
+
+// apply records a new revision of an item (r nil = deleted). Watch updates come in revision
+// order; a local update (fromWatch false) is ignored when the watch has already gone past it.
+func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWatch bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if fromWatch {
+		x.seen = max(x.seen, rev)
+	} else if rev <= x.seen {
+		return
+	}
+	if last, ok := x.revs[id]; ok && last >= rev {
+		return
+	}
+	if r == nil || r.Status != StatusClaimed || r.Claim == nil {
+		x.removeLocked(id)
+		delete(x.revs, id)
+		return
+	}
+	x.revs[id] = rev
+	x.removeLocked(id)
+	c := &claimInfo{id: id, pipeline: r.Claim.Pipeline, ptype: r.PipelineType, attempt: r.Claim.Attempt,
+		lease: r.Claim.LeaseUntil, rev: rev, val: val}
+	if r.ClaimedAt != nil {
+		c.claimed = *r.ClaimedAt
+	}
+	x.m[id] = c
+	s := x.byPipe[c.pipeline]
+	if s == nil {
+		s = map[string]struct{}{}
+		x.byPipe[c.pipeline] = s
+	}
+	s[id] = struct{}{}
+}
+
+func (x *claimIndex) put(id string, r *Record, rev uint64, val []byte) {
+	x.apply(id, rev, val, r, false)
+}
+
+// cached returns the last known value of a claimed item.
+func (x *claimIndex) cached(id string) (claimInfo, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	c, ok := x.m[id]
+	if !ok || c.val == nil {
+		return claimInfo{}, false
+	}
+	return *c, true
+}
+
+// forget drops a cached value that turned out stale (a CAS with it failed).
+func (x *claimIndex) forget(id string, rev uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if c, ok := x.m[id]; ok && c.rev == rev {
+		c.val = nil // keep the claim indexed; only the cached value is stale
+	}
+}
+
+func (x *claimIndex) ofPipeline(p string) []claimInfo {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []claimInfo
+	for id := range x.byPipe[p] {
+		out = append(out, *x.m[id])
+	}
+	return out
+}
+
+func (x *claimIndex) countPipeline(p string) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.byPipe[p])
+}
+
+func (x *claimIndex) expired(now float64) []claimInfo {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []claimInfo
+	for _, c := range x.m {
+		if c.lease < now {
+			out = append(out, *c)
+		}
+	}
+	return out
+}
+
+// all returns every open claim, oldest claim first.
+func (x *claimIndex) all() []claimInfo {
+	x.mu.Lock()
+	out := make([]claimInfo, 0, len(x.m))
+	for _, c := range x.m {
+		out = append(out, *c)
+	}
+	x.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].claimed < out[j].claimed })
+	return out
+}
+
+func (x *claimIndex) markReady() { x.once.Do(func() { close(x.ready) }) }
+
+// watch feeds the index from the items bucket until ctx ends (restarting the watch if it breaks).
+func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(error)) {
+	for ctx.Err() == nil {
+		ch, err := items.Watch(ctx, ">", true)
+		if err != nil {
+			onErr(err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for e := range ch {
+			if e.Key == "" {
+				x.markReady()
+				continue
+			}
+			if e.Deleted {
+				x.apply(e.Key, e.Revision, nil, nil, true)
+				continue
+			}
+			var r Record
+			if json.Unmarshal(e.Value, &r) != nil {
+				continue
+			}
+			x.apply(e.Key, e.Revision, e.Value, &r, true)
+		}
+	}
+}
+
+// resultID derives the id of a stored result from what identifies the store request, so that a
+// retried Item:store gets the same new_id (and JetStream de-duplicates the second copy).
+func resultID(id string, attempt int64, rtype string, result json.RawMessage, decode []string) string {
+	h := sha256.New()
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(attempt))
+	for _, part := range [][]byte{[]byte(id), n[:], []byte(rtype), result} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	for _, d := range decode {
+		h.Write([]byte(d))
+		h.Write([]byte{0})
+	}
+	var b [16]byte
+	copy(b[:], h.Sum(nil))
+	b[6] = b[6]&0x0f | 0x50 // version 5-like (name-based)
+	b[8] = b[8]&0x3f | 0x80
+	return uuidString(b)
+}
+
+// decodeResult base85-decodes the decode_fields of a result object; decoded values are stored as
+// standard base64 strings (listed in decoded_fields) so that the result stays JSON.
+func decodeResult(result json.RawMessage, fields []string) (json.RawMessage, []string, error) {
+	if len(fields) == 0 {
+		return result, []string{}, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(result, &obj); err != nil || obj == nil {
+		return nil, nil, errStatus(400, "Parameter result must be an object when decode_fields is given")
+	}
+	for _, f := range fields {
+		raw, ok := obj[f]
+		if !ok {
+			return nil, nil, errStatus(400, "Parameter decode_fields names %q, which is not in result", f)
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, nil, errStatus(400, "Parameter decode_fields names %q, which is not a string", f)
+		}
+		b, err := DecodeBase85(s)
+		if err != nil {
+			return nil, nil, errStatus(400, "Parameter decode_fields: field %q: %v", f, err)
+		}
+		enc, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
+		obj[f] = enc
+	}
+	out, _ := json.Marshal(obj)
+	return out, fields, nil
+}

@@ -1,0 +1,196 @@
+package tracker
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Item statuses (rue's Status).
+const (
+	StatusTodo    = "todo"
+	StatusClaimed = "claimed"
+	StatusDone    = "done"
+	StatusError   = "error"
+	StatusStashed = "stashed"
+)
+
+// Attempt is one claim of an item.
+type Attempt struct {
+	Pipeline        string   `json:"pipeline"`
+	PipelineVersion string   `json:"pipeline_version"`
+	Time            float64  `json:"time"`
+	Error           *string  `json:"error"`
+	End             *float64 `json:"end,omitempty"`
+}
+
+// Claim is the open claim of an item (present only while status is claimed).
+type Claim struct {
+	Pipeline   string  `json:"pipeline"`
+	Attempt    int     `json:"attempt"`
+	LeaseUntil float64 `json:"lease_until"`
+	Pod        string  `json:"pod"`
+}
+
+// AdminLog is one operator action on an item.
+type AdminLog struct {
+	Time   float64 `json:"time"`
+	Action string  `json:"action"`
+	By     string  `json:"by,omitempty"`
+	Reason string  `json:"reason,omitempty"`
+}
+
+// Record is an item as stored in the TRACKER_ITEMS bucket (key = id). The first block is rue's
+// Entry; Gen and Claim are jetbridge's bookkeeping.
+type Record struct {
+	ID           string          `json:"id"`
+	Item         string          `json:"item"`
+	QueuedBy     string          `json:"queued_by"`
+	PipelineType string          `json:"pipeline_type"`
+	Status       string          `json:"status"`
+	Attempts     []Attempt       `json:"attempts"`
+	QueuedAt     float64         `json:"queued_at"`
+	ClaimedAt    *float64        `json:"claimed_at"`
+	FinishedAt   *float64        `json:"finished_at"`
+	Expires      *float64        `json:"expires"`
+	Explanation  *string         `json:"explanation"`
+	ParentItem   *string         `json:"parent_item"`
+	Priority     int             `json:"priority"`
+	RunOn        string          `json:"run_on"`
+	Stash        *string         `json:"stash"`
+	AdminLog     []AdminLog      `json:"admin_log"`
+	Metadata     json.RawMessage `json:"metadata"`
+
+	// Gen counts the times the item was put in the ready queue; a ready token carries the
+	// generation it was published for, so stale tokens are recognised and dropped.
+	Gen   uint64 `json:"gen"`
+	Claim *Claim `json:"claim,omitempty"`
+}
+
+// level is the queue level: ascending priority + attempts (lower is claimed first).
+func (r *Record) level() int { return r.Priority + len(r.Attempts) }
+
+// entryJSON is the claim payload's item: the Entry fields plus _current_attempt.
+func (r *Record) entryJSON(current int) map[string]any {
+	md := r.Metadata
+	if len(md) == 0 {
+		md = json.RawMessage("{}")
+	}
+	attempts := r.Attempts
+	if attempts == nil {
+		attempts = []Attempt{}
+	}
+	al := r.AdminLog
+	if al == nil {
+		al = []AdminLog{}
+	}
+	return map[string]any{
+		"id": r.ID, "item": r.Item, "queued_by": r.QueuedBy, "pipeline_type": r.PipelineType,
+		"status": r.Status, "attempts": attempts, "queued_at": r.QueuedAt, "claimed_at": r.ClaimedAt,
+		"finished_at": r.FinishedAt, "expires": r.Expires, "explanation": r.Explanation,
+		"parent_item": r.ParentItem, "priority": r.Priority, "run_on": r.RunOn, "stash": r.Stash,
+		"admin_log": al, "metadata": md, "_current_attempt": current,
+	}
+}
+
+func decodeRecord(b []byte) (*Record, error) {
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode item record: %w", err)
+	}
+	return &r, nil
+}
+
+func (r *Record) clone() *Record {
+	c := *r
+	c.Attempts = append([]Attempt(nil), r.Attempts...)
+	c.AdminLog = append([]AdminLog(nil), r.AdminLog...)
+	if r.Claim != nil {
+		cl := *r.Claim
+		c.Claim = &cl
+	}
+	return &c
+}
+
+func epoch(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+func fptr(f float64) *float64 { return &f }
+
+func sptr(s string) *string { return &s }
+
+// newID makes a random UUIDv4 (never contains '_').
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return uuidString(b)
+}
+
+func uuidString(b [16]byte) string {
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+var (
+	reID      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+	reName    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+	reTypeTok = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+)
+
+// NewItem is an item to enqueue, as the admin API and the submit subject take it.
+type NewItem struct {
+	ID           string          `json:"id,omitempty"`
+	Item         string          `json:"item"`
+	PipelineType string          `json:"pipeline_type"`
+	Priority     int             `json:"priority"`
+	RunOn        string          `json:"run_on"`
+	QueuedBy     string          `json:"queued_by"`
+	Metadata     json.RawMessage `json:"metadata,omitempty"`
+	Stash        string          `json:"stash,omitempty"`
+	Explanation  string          `json:"explanation,omitempty"`
+	ParentItem   string          `json:"parent_item,omitempty"`
+	Expires      *float64        `json:"expires,omitempty"`
+}
+
+// DecodeNewItem parses and validates an item to enqueue (strict: unknown fields are refused).
+func DecodeNewItem(data []byte) (NewItem, error) {
+	var it NewItem
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&it); err != nil {
+		return it, fmt.Errorf("invalid item JSON: %w", err)
+	}
+	return it, it.Validate()
+}
+
+// Validate checks an item to enqueue.
+func (it *NewItem) Validate() error {
+	switch {
+	case it.Item == "":
+		return fmt.Errorf("item: required")
+	case len(it.Item) > 8192:
+		return fmt.Errorf("item: longer than 8192 bytes")
+	case !reTypeTok.MatchString(it.PipelineType):
+		return fmt.Errorf("pipeline_type: must match %s", reTypeTok)
+	case it.RunOn != "" && !reName.MatchString(it.RunOn):
+		return fmt.Errorf("run_on: must be empty or a pipeline name")
+	case it.ID != "" && !reID.MatchString(it.ID):
+		return fmt.Errorf("id: must match %s (no '_')", reID)
+	case it.Stash != "" && !reTypeTok.MatchString(it.Stash):
+		return fmt.Errorf("stash: must match %s", reTypeTok)
+	case it.Priority < -1000000 || it.Priority > 1000000:
+		return fmt.Errorf("priority: out of range")
+	}
+	if len(it.Metadata) > 0 {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(it.Metadata, &m); err != nil || m == nil {
+			return fmt.Errorf("metadata: must be an object")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,810 @@
+package tracker
+
+// queue.go maps the tracker's item queue onto JetStream:
+//
+//   - the item record (KV bucket TRACKER_ITEMS, key = item id) is the truth for status, attempts,
+//     claimant and lease; every change is a CAS update;
+//   - a "ready token" {"id","gen"} on the work-queue stream TRACKER_READY, subject
+//     tracker.ready.<pipeline_type>.<run_on or _>.<priority+attempts>, says the item may be claimed.
+//     One durable pull consumer per subject; a claim reads the per-subject counts once, then fetches
+//     from the pipeline-specific subjects first, then the general ones, lowest level first, each
+//     FIFO. A token is only honoured when its generation matches the record's and the record is
+//     todo; anything else is stale and dropped. Tokens are published BEFORE the record update that
+//     makes the item todo, so a todo item always has a token (a token seen ahead of its record is
+//     held back a little, not dropped);
+//   - every pod watches TRACKER_ITEMS and keeps the open claims in memory (claimIndex): the
+//     lease sweeper, System:ping renewals, budgets and the limbo list read it.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+// Logical asset names.
+const (
+	streamReady   = "TRACKER_READY"
+	streamStash   = "TRACKER_STASH"
+	streamResults = "TRACKER_RESULTS"
+	streamEvents  = "TRACKER_EVENTS"
+	streamSubmit  = "TRACKER_SUBMIT"
+	bucketItems   = "TRACKER_ITEMS"
+	bucketPipes   = "TRACKER_PIPELINES"
+	bucketConfig  = "TRACKER_CONFIG"
+	consSubmit    = "TRACKER_SUBMIT_IN"
+)
+
+// tokenGrace is how long a ready token whose record is behind it (the writer has published the
+// token but not yet updated the record) is kept before it is taken for an orphan.
+const tokenGrace = 30 * time.Second
+
+// statusError is an error with a protocol status (404, 409, …).
+type statusError struct {
+	status int
+	msg    string
+}
+
+func (e *statusError) Error() string { return e.msg }
+
+func errStatus(status int, format string, args ...any) error {
+	return &statusError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+type token struct {
+	ID  string `json:"id"`
+	Gen uint64 `json:"gen"`
+}
+
+// TypeConfig is the per-pipeline-type setting (KV TRACKER_CONFIG key ptype.<name>).
+type TypeConfig struct {
+	Lease    Duration `json:"lease"`
+	MaxTries int      `json:"max_tries"`
+}
+
+// Duration is a time.Duration that reads and writes as "24h" in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads "24h" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("duration: %w", err)
+	}
+	*d = Duration(f * float64(time.Second))
+	return nil
+}
+
+// Event is published on tracker.events.<pipeline_type>.<event> for every item change.
+type Event struct {
+	Event        string  `json:"event"`
+	ID           string  `json:"id"`
+	Item         string  `json:"item"`
+	PipelineType string  `json:"pipeline_type"`
+	Status       string  `json:"status"`
+	Attempt      *int    `json:"attempt,omitempty"`
+	Pipeline     string  `json:"pipeline,omitempty"`
+	Reason       string  `json:"reason,omitempty"`
+	Time         float64 `json:"time"`
+}
+
+// Queue is the tracker's state on JetStream, shared by every session of a pod.
+type Queue struct {
+	js       *jetstream.Client
+	items    *jetstream.KV
+	pipes    *jetstream.KV
+	config   *jetstream.KV
+	pod      string
+	log      *slog.Logger
+	lease    time.Duration
+	maxTries int
+	metrics  *trackerMetrics
+
+	consMu sync.Mutex
+	cons   map[string]*jetstream.Consumer
+
+	cfgMu    sync.Mutex
+	cfgCache map[string]cachedCfg
+
+	index *claimIndex
+}
+
+type cachedCfg struct {
+	cfg TypeConfig
+	at  time.Time
+}
+
+func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
+	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
+		cons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex()}
+	var err error
+	if q.items, err = js.KV(ctx, bucketItems); err != nil {
+		return nil, err
+	}
+	if q.pipes, err = js.KV(ctx, bucketPipes); err != nil {
+		return nil, err
+	}
+	if q.config, err = js.KV(ctx, bucketConfig); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Subjects.
+func (q *Queue) readyPrefix(ptype string) string {
+	return q.js.Subject("tracker", "ready", jetstream.Token(ptype))
+}
+
+func (q *Queue) readySubject(r *Record) string {
+	return q.js.Subject("tracker", "ready", jetstream.Token(r.PipelineType), jetstream.Token(r.RunOn), strconv.Itoa(r.level()))
+}
+
+func (q *Queue) stashSubject(stash string) string {
+	return q.js.Subject("tracker", "stash", jetstream.Token(stash))
+}
+
+func (q *Queue) eventSubject(ptype, ev string) string {
+	return q.js.Subject("tracker", "events", jetstream.Token(ptype), ev)
+}
+
+func (q *Queue) advisorySubject(pipeline string) string {
+	return q.js.Subject("tracker", "advisory", jetstream.Token(pipeline))
+}
+
+func (q *Queue) resultSubject(ptype, rtype string) string {
+	return q.js.Subject("tracker", "results", jetstream.Token(ptype), jetstream.Token(rtype))
+}
+
+// typeConfig returns the pipeline type's lease and max tries (cached for a few seconds).
+func (q *Queue) typeConfig(ctx context.Context, ptype string) TypeConfig {
+	q.cfgMu.Lock()
+	c, ok := q.cfgCache[ptype]
+	q.cfgMu.Unlock()
+	if ok && time.Since(c.at) < 5*time.Second {
+		return c.cfg
+	}
+	cfg := TypeConfig{Lease: Duration(q.lease), MaxTries: q.maxTries}
+	if e, err := q.config.Get(ctx, "ptype."+ptype); err == nil {
+		var stored TypeConfig
+		if json.Unmarshal(e.Value, &stored) == nil {
+			if stored.Lease > 0 {
+				cfg.Lease = stored.Lease
+			}
+			if stored.MaxTries > 0 {
+				cfg.MaxTries = stored.MaxTries
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrNotFound) {
+		return cfg // NATS trouble: defaults, not cached
+	}
+	q.cfgMu.Lock()
+	q.cfgCache[ptype] = cachedCfg{cfg: cfg, at: time.Now()}
+	q.cfgMu.Unlock()
+	return cfg
+}
+
+func (q *Queue) invalidateTypeConfig(ptype string) {
+	q.cfgMu.Lock()
+	delete(q.cfgCache, ptype)
+	q.cfgMu.Unlock()
+}
+
+// publishToken puts a ready token for r (whose Gen is already the new generation).
+func (q *Queue) publishToken(ctx context.Context, r *Record) error {
+	b, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	if _, err := q.js.Publish(ctx, q.readySubject(r), b, jetstream.PubOpts{}); err != nil {
+		return fmt.Errorf("ready token %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+func (q *Queue) publishStashToken(ctx context.Context, r *Record) error {
+	b, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	if _, err := q.js.Publish(ctx, q.stashSubject(*r.Stash), b, jetstream.PubOpts{MsgID: "stash:" + r.ID}); err != nil {
+		return fmt.Errorf("stash token %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// event publishes an item event (core NATS, captured by TRACKER_EVENTS; best effort).
+func (q *Queue) event(r *Record, ev, pipeline, reason string, attempt int) {
+	e := Event{Event: ev, ID: r.ID, Item: r.Item, PipelineType: r.PipelineType, Status: r.Status,
+		Pipeline: pipeline, Reason: reason, Time: epoch(time.Now())}
+	if attempt >= 0 {
+		a := attempt
+		e.Attempt = &a
+	}
+	b, _ := json.Marshal(e)
+	if err := q.js.PublishCore(q.eventSubject(r.PipelineType, ev), b, nil); err != nil {
+		q.log.Debug("item event", "id", r.ID, "event", ev, "err", err)
+	}
+}
+
+// Enqueue stores a new item and makes it claimable (or stashes it). existed is true when an item
+// with the same explicit id was already there (nothing is changed then).
+func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed bool, err error) {
+	if err := it.Validate(); err != nil {
+		return "", false, errStatus(400, "%s", err.Error())
+	}
+	id = it.ID
+	if id == "" {
+		id = newID()
+	}
+	now := epoch(time.Now())
+	r := &Record{ID: id, Item: it.Item, QueuedBy: it.QueuedBy, PipelineType: it.PipelineType, Status: StatusTodo,
+		Attempts: []Attempt{}, QueuedAt: now, Priority: it.Priority, RunOn: it.RunOn, AdminLog: []AdminLog{},
+		Metadata: it.Metadata, Expires: it.Expires, Gen: 1}
+	if len(r.Metadata) == 0 {
+		r.Metadata = json.RawMessage("{}")
+	}
+	if it.Explanation != "" {
+		r.Explanation = sptr(it.Explanation)
+	}
+	if it.ParentItem != "" {
+		r.ParentItem = sptr(it.ParentItem)
+	}
+	if it.Stash != "" {
+		r.Stash = sptr(it.Stash)
+		r.Status = StatusStashed
+		r.Gen = 0
+	}
+	if it.ID != "" {
+		if _, err := q.items.Get(ctx, id); err == nil {
+			return id, true, nil
+		}
+	}
+	if r.Status == StatusStashed {
+		err = q.publishStashToken(ctx, r)
+	} else {
+		err = q.publishToken(ctx, r)
+	}
+	if err != nil {
+		return "", false, err
+	}
+	b, _ := json.Marshal(r)
+	if _, err := q.items.Create(ctx, id, b, 0); err != nil {
+		if errors.Is(err, jetstream.ErrExists) {
+			return id, true, nil // the token we published is a harmless duplicate
+		}
+		return "", false, fmt.Errorf("enqueue %s: %w", id, err)
+	}
+	if r.Status == StatusStashed {
+		q.event(r, "stashed", "", "", -1)
+	} else {
+		q.event(r, "queued", "", "", -1)
+	}
+	return id, false, nil
+}
+
+// EnqueueBatch enqueues items keeping their order among items of the same queue (pipeline
+// type, run_on and level); different queues are filled in parallel. An item given with an id that
+// exists already gets a 409 error in its slot.
+func (q *Queue) EnqueueBatch(ctx context.Context, items []NewItem) ([]string, []error) {
+	ids := make([]string, len(items))
+	errs := make([]error, len(items))
+	groups := map[string][]int{}
+	var order []string
+	for i := range items {
+		it := &items[i]
+		k := it.PipelineType + "\x00" + it.RunOn + "\x00" + strconv.Itoa(it.Priority) + "\x00" + it.Stash
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], i)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, k := range order {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(idx []int) {
+			defer func() { <-sem; wg.Done() }()
+			for _, i := range idx {
+				id, existed, err := q.Enqueue(ctx, items[i])
+				if err == nil && existed && items[i].ID != "" {
+					err = errStatus(409, "item %s exists", id)
+				}
+				ids[i], errs[i] = id, err
+			}
+		}(groups[k])
+	}
+	wg.Wait()
+	return ids, errs
+}
+
+// effects says what a transition does besides writing the record.
+type effects struct {
+	enqueue  bool   // make the item todo with a new ready token
+	dlq      string // copy the item to the dead-letter stream with this reason
+	events   []string
+	pipeline string // for events
+	reason   string
+	attempt  int
+	revoke   *revocation // send Item:revoked to the former claimant
+}
+
+type revocation struct {
+	pipeline string
+	attempt  int
+	reason   string
+}
+
+// transition applies fn to the item record with CAS (retrying on conflict); fn changes the copy it
+// is given and returns the side effects, or jetstream.ErrSkip to leave the record as it is.
+// Tokens and dead letters are written before the record, so a crash in between leaves at worst a
+// stale token or a dead-letter copy, never a todo item without token.
+func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (effects, error)) (*Record, error) {
+	for {
+		var val []byte
+		var rev uint64
+		if c, ok := q.index.cached(id); ok {
+			val, rev = c.val, c.rev
+		} else {
+			ent, err := q.items.Get(ctx, id)
+			if err != nil {
+				if errors.Is(err, jetstream.ErrNotFound) {
+					return nil, errStatus(404, "Item %s not found", id)
+				}
+				return nil, err
+			}
+			val, rev = ent.Value, ent.Revision
+		}
+		cur, err := decodeRecord(val)
+		if err != nil {
+			return nil, err
+		}
+		next := cur.clone()
+		eff, err := fn(next)
+		if errors.Is(err, jetstream.ErrSkip) {
+			return cur, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if eff.enqueue {
+			next.Status = StatusTodo
+			next.Claim = nil
+			next.Gen = cur.Gen + 1
+			if err := q.publishToken(ctx, next); err != nil {
+				return nil, err
+			}
+		}
+		if eff.dlq != "" {
+			if err := q.deadLetter(ctx, next, eff.dlq); err != nil {
+				return nil, err
+			}
+		}
+		b, _ := json.Marshal(next)
+		if _, err := q.items.Update(ctx, id, b, rev); err != nil {
+			if errors.Is(err, jetstream.ErrConflict) {
+				q.index.forget(id, rev)
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				continue
+			}
+			return nil, fmt.Errorf("update item %s: %w", id, err)
+		}
+		for _, ev := range eff.events {
+			q.event(next, ev, eff.pipeline, eff.reason, eff.attempt)
+		}
+		if eff.revoke != nil {
+			q.revoke(next, eff.revoke)
+		}
+		return next, nil
+	}
+}
+
+func (q *Queue) deadLetter(ctx context.Context, r *Record, reason string) error {
+	b, _ := json.Marshal(r)
+	h := jetstream.Header{}
+	h.Set(jetstream.HeaderDLQReason, reason)
+	h.Set(jetstream.HeaderDLQStream, bucketItems)
+	h.Set(jetstream.HeaderDLQSubject, q.js.Subject("tracker", "items", jetstream.Token(r.PipelineType)))
+	h.Set(jetstream.HeaderDLQDeliveries, strconv.Itoa(len(r.Attempts)))
+	h.Set(jetstream.HeaderDLQTime, time.Now().UTC().Format(time.RFC3339Nano))
+	h.Set("Tracker-Item-Id", r.ID)
+	subj := q.js.Subject("dlq", "tracker", "items", jetstream.Token(r.PipelineType))
+	msgID := fmt.Sprintf("tracker-dlq:%s:%d:%d", r.ID, r.Gen, len(r.Attempts))
+	if _, err := q.js.Publish(ctx, subj, b, jetstream.PubOpts{MsgID: msgID, Header: h}); err != nil {
+		return fmt.Errorf("dead-letter %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// revoke tells the former claimant's connections (on any pod) that the claim is gone.
+func (q *Queue) revoke(r *Record, rv *revocation) {
+	if q.metrics != nil {
+		q.metrics.revocations.Inc()
+	}
+	frame := EncodeAdvisory("Item:revoked", map[string]any{"id": r.ID, "attempt": rv.attempt, "reason": rv.reason})
+	if err := q.js.PublishCore(q.advisorySubject(rv.pipeline), frame, nil); err != nil {
+		q.log.Warn("revoke advisory", "id", r.ID, "pipeline", rv.pipeline, "err", err)
+	}
+}
+
+// consumer returns (creating on first use) the durable consumer of one ready subject.
+func (q *Queue) consumer(ctx context.Context, subject string) (*jetstream.Consumer, error) {
+	q.consMu.Lock()
+	c, ok := q.cons[subject]
+	q.consMu.Unlock()
+	if ok {
+		return c, nil
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(q.js.Names().Unprefix(subject)))
+	name := fmt.Sprintf("TRACKER_RQ_%016x", h.Sum64())
+	c, err := q.js.EnsureConsumer(ctx, jetstream.ConsumerSpec{Stream: streamReady, Durable: name,
+		Description: "tracker ready tokens " + subject, FilterSubjects: []string{subject},
+		AckWait: 30 * time.Second, MaxAckPending: 20000, InactiveThreshold: 24 * time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	q.consMu.Lock()
+	q.cons[subject] = c
+	q.consMu.Unlock()
+	return c, nil
+}
+
+func (q *Queue) dropConsumer(subject string) {
+	q.consMu.Lock()
+	delete(q.cons, subject)
+	q.consMu.Unlock()
+}
+
+type candidate struct {
+	subject string
+	level   int
+}
+
+// candidates orders the non-empty ready subjects of a pipeline type for a pipeline:
+// pipeline-specific first, then general; ascending level within each.
+func candidates(counts map[string]uint64, prefix, pipeline string) []candidate {
+	var specific, general []candidate
+	mine := jetstream.Token(pipeline)
+	for subj, n := range counts {
+		if n == 0 || !strings.HasPrefix(subj, prefix+".") {
+			continue
+		}
+		rest := subj[len(prefix)+1:]
+		dot := strings.LastIndexByte(rest, '.')
+		if dot < 0 {
+			continue
+		}
+		lvl, err := strconv.Atoi(rest[dot+1:])
+		if err != nil {
+			continue
+		}
+		switch rest[:dot] {
+		case mine:
+			specific = append(specific, candidate{subj, lvl})
+		case "_":
+			general = append(general, candidate{subj, lvl})
+		}
+	}
+	by := func(l []candidate) {
+		sort.Slice(l, func(i, j int) bool { return l[i].level < l[j].level })
+	}
+	by(specific)
+	by(general)
+	return append(specific, general...)
+}
+
+// Claim takes the first claimable item of ptype for pipeline; nil when there is none.
+func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Record, error) {
+	prefix := q.readyPrefix(ptype)
+	budget := 64 // fetches per claim (stale tokens are skipped)
+	for budget > 0 {
+		counts, err := q.js.SubjectCounts(ctx, streamReady, prefix+".>")
+		if err != nil {
+			return nil, fmt.Errorf("claim %s: %w", ptype, err)
+		}
+		cands := candidates(counts, prefix, pipeline)
+		progressed := false
+		for _, c := range cands {
+			cons, err := q.consumer(ctx, c.subject)
+			if err != nil {
+				return nil, fmt.Errorf("claim %s: %w", ptype, err)
+			}
+			for budget > 0 {
+				budget--
+				jobs, err := cons.FetchNoWait(1)
+				if err != nil {
+					q.dropConsumer(c.subject)
+					return nil, fmt.Errorf("claim %s: %w", ptype, err)
+				}
+				if len(jobs) == 0 {
+					break
+				}
+				progressed = true
+				rec, err := q.take(ctx, jobs[0], pipeline, version)
+				if err != nil || rec != nil {
+					return rec, err
+				}
+			}
+			if progressed {
+				break // re-read the counts: the order may have changed meanwhile
+			}
+		}
+		if !progressed {
+			return nil, nil
+		}
+	}
+	return nil, nil
+}
+
+// take claims the item of one ready token if the token is current; nil when it is stale.
+func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version string) (*Record, error) {
+	var tok token
+	if err := json.Unmarshal(job.Data, &tok); err != nil || tok.ID == "" {
+		_ = job.AckAsync()
+		return nil, nil
+	}
+	young := time.Since(job.Time) < tokenGrace
+	ent, err := q.items.Get(ctx, tok.ID)
+	for {
+		if err != nil {
+			if errors.Is(err, jetstream.ErrNotFound) {
+				if young {
+					_ = job.Retry(time.Second)
+				} else {
+					_ = job.AckAsync()
+				}
+				return nil, nil
+			}
+			_ = job.Retry(0)
+			return nil, fmt.Errorf("claim %s: %w", tok.ID, err)
+		}
+		rec, derr := decodeRecord(ent.Value)
+		if derr != nil {
+			_ = job.AckAsync()
+			return nil, nil
+		}
+		switch {
+		case rec.Gen > tok.Gen || (rec.Gen == tok.Gen && rec.Status != StatusTodo):
+			_ = job.AckAsync()
+			return nil, nil
+		case rec.Gen < tok.Gen:
+			if young {
+				_ = job.Retry(time.Second)
+			} else {
+				_ = job.AckAsync()
+			}
+			return nil, nil
+		}
+		cfg := q.typeConfig(ctx, rec.PipelineType)
+		now := time.Now()
+		next := rec.clone()
+		next.Status = StatusClaimed
+		next.Attempts = append(next.Attempts, Attempt{Pipeline: pipeline, PipelineVersion: version, Time: epoch(now)})
+		next.ClaimedAt = fptr(epoch(now))
+		next.Claim = &Claim{Pipeline: pipeline, Attempt: len(next.Attempts) - 1,
+			LeaseUntil: epoch(now.Add(time.Duration(cfg.Lease))), Pod: q.pod}
+		b, _ := json.Marshal(next)
+		rev, uerr := q.items.Update(ctx, tok.ID, b, ent.Revision)
+		if uerr == nil {
+			q.index.put(tok.ID, next, rev, b)
+			_ = job.AckAsync()
+			q.event(next, "claimed", pipeline, "", next.Claim.Attempt)
+			return next, nil
+		}
+		if !errors.Is(uerr, jetstream.ErrConflict) {
+			_ = job.Retry(0)
+			return nil, fmt.Errorf("claim %s: %w", tok.ID, uerr)
+		}
+		ent, err = q.items.Get(ctx, tok.ID)
+	}
+}
+
+// holder checks that pipeline holds the item's current claim (and attempt, when given).
+func holder(r *Record, pipeline string, attempt int64, hasAttempt bool) error {
+	if r.Status != StatusClaimed || r.Claim == nil {
+		return errStatus(409, "Item %s is not claimed (status %s)", r.ID, r.Status)
+	}
+	if r.Claim.Pipeline != pipeline {
+		return errStatus(409, "Item %s is claimed by another pipeline", r.ID)
+	}
+	if hasAttempt && int64(r.Claim.Attempt) != attempt {
+		return errStatus(409, "Attempt %d is not the current attempt (%d) of item %s", attempt, r.Claim.Attempt, r.ID)
+	}
+	return nil
+}
+
+// Finish marks the item done. A retried finish by the same pipeline is a no-op.
+func (q *Queue) Finish(ctx context.Context, id, pipeline string) error {
+	_, err := q.transition(ctx, id, func(r *Record) (effects, error) {
+		if r.Status == StatusDone {
+			if n := len(r.Attempts); n > 0 && r.Attempts[n-1].Pipeline == pipeline {
+				return effects{}, jetstream.ErrSkip
+			}
+			return effects{}, errStatus(409, "Item %s is already done", id)
+		}
+		if err := holder(r, pipeline, 0, false); err != nil {
+			return effects{}, err
+		}
+		now := epoch(time.Now())
+		att := r.Claim.Attempt
+		r.Attempts[att].End = fptr(now)
+		r.Status = StatusDone
+		r.FinishedAt = fptr(now)
+		r.Claim = nil
+		return effects{events: []string{"done"}, pipeline: pipeline, attempt: att}, nil
+	})
+	return err
+}
+
+// Fail records a failed attempt: requeue, or error + dead letter after max tries (or fatal).
+// attempt < 0 means "the current one" (clients from before the attempt parameter).
+func (q *Queue) Fail(ctx context.Context, id, pipeline, message string, attempt int64, hasAttempt, fatal bool) error {
+	_, err := q.transition(ctx, id, func(r *Record) (effects, error) {
+		if r.Status == StatusDone {
+			return effects{}, errStatus(409, "Item %s is done", id)
+		}
+		if hasAttempt {
+			if attempt < 0 || attempt >= int64(len(r.Attempts)) {
+				return effects{}, errStatus(409, "Attempt %d of item %s does not exist", attempt, id)
+			}
+			a := r.Attempts[attempt]
+			if a.Pipeline != pipeline {
+				return effects{}, errStatus(409, "Attempt %d of item %s belongs to another pipeline", attempt, id)
+			}
+			if a.Error != nil && !(r.Status == StatusClaimed && r.Claim != nil && int64(r.Claim.Attempt) == attempt) {
+				return effects{}, jetstream.ErrSkip // the same failure, retried
+			}
+		}
+		if err := holder(r, pipeline, attempt, hasAttempt); err != nil {
+			return effects{}, err
+		}
+		att := r.Claim.Attempt
+		msg := message
+		r.Attempts[att].Error = &msg
+		r.Attempts[att].End = fptr(epoch(time.Now()))
+		r.Claim = nil
+		cfg := q.typeConfig(ctx, r.PipelineType)
+		eff := effects{events: []string{"failed"}, pipeline: pipeline, attempt: att, reason: message}
+		if fatal || len(r.Attempts) >= cfg.MaxTries {
+			r.Status = StatusError
+			r.FinishedAt = fptr(epoch(time.Now()))
+			eff.dlq = "failed: " + truncate(message, 512)
+			if fatal {
+				eff.dlq = "fatal: " + truncate(message, 512)
+			}
+			eff.events = append(eff.events, "error")
+			return eff, nil
+		}
+		eff.enqueue = true
+		eff.events = append(eff.events, "queued")
+		return eff, nil
+	})
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// expire ends a claim whose lease ran out: the attempt counts as failed, the item is requeued
+// (or errors out after max tries) and the claimant gets Item:revoked.
+func (q *Queue) expire(ctx context.Context, id string, attempt int) error {
+	_, err := q.transition(ctx, id, func(r *Record) (effects, error) {
+		now := time.Now()
+		if r.Status != StatusClaimed || r.Claim == nil || r.Claim.Attempt != attempt || r.Claim.LeaseUntil > epoch(now) {
+			return effects{}, jetstream.ErrSkip
+		}
+		reason := "lease expired"
+		pipeline := r.Claim.Pipeline
+		r.Attempts[attempt].Error = &reason
+		r.Attempts[attempt].End = fptr(epoch(now))
+		r.Claim = nil
+		cfg := q.typeConfig(ctx, r.PipelineType)
+		eff := effects{events: []string{"revoked"}, pipeline: pipeline, attempt: attempt, reason: reason,
+			revoke: &revocation{pipeline: pipeline, attempt: attempt, reason: reason}}
+		if len(r.Attempts) >= cfg.MaxTries {
+			r.Status = StatusError
+			r.FinishedAt = fptr(epoch(now))
+			eff.dlq = "lease expired after max tries"
+			eff.events = append(eff.events, "error")
+			return eff, nil
+		}
+		eff.enqueue = true
+		eff.events = append(eff.events, "queued")
+		return eff, nil
+	})
+	return err
+}
+
+// Renew extends the leases of pipeline's open claims (System:ping). A lease is only rewritten when
+// a tenth of it has passed, so frequent pings do not rewrite records all the time.
+func (q *Queue) Renew(ctx context.Context, pipeline string) error {
+	var errs []error
+	for _, c := range q.index.ofPipeline(pipeline) {
+		cfg := q.typeConfig(ctx, c.ptype)
+		lease := time.Duration(cfg.Lease)
+		if time.Until(epochTime(c.lease)) > lease-lease/10 {
+			continue
+		}
+		_, err := q.transition(ctx, c.id, func(r *Record) (effects, error) {
+			if r.Status != StatusClaimed || r.Claim == nil || r.Claim.Pipeline != pipeline || r.Claim.Attempt != c.attempt {
+				return effects{}, jetstream.ErrSkip
+			}
+			if r.Claim.LeaseUntil < epoch(time.Now()) {
+				return effects{}, jetstream.ErrSkip // already expired: the sweeper takes it
+			}
+			r.Claim.LeaseUntil = epoch(time.Now().Add(lease))
+			return effects{}, nil
+		})
+		if err != nil {
+			var se *statusError
+			if errors.As(err, &se) {
+				continue
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func epochTime(f float64) time.Time {
+	return time.Unix(0, int64(f*1e9))
+}
+
+// Store appends a result to the results stream; the returned id is stable under retry.
+func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, rtype string, result json.RawMessage, decode []string) (string, error) {
+	ent, err := q.items.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNotFound) {
+			return "", errStatus(404, "Item %s not found", id)
+		}
+		return "", fmt.Errorf("store %s: %w", id, err)
+	}
+	rec, err := decodeRecord(ent.Value)
+	if err != nil {
+		return "", err
+	}
+	if err := holder(rec, pipeline, attempt, true); err != nil {
+		return "", err
+	}
+	data, decoded, err := decodeResult(result, decode)
+	if err != nil {
+		return "", err
+	}
+	newID := resultID(id, attempt, rtype, result, decode)
+	msg := map[string]any{"id": newID, "item": id, "type": rtype, "attempt": attempt, "pipeline": pipeline,
+		"pipeline_type": rec.PipelineType, "time": epoch(time.Now()), "data": data, "decoded_fields": decoded}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return "", errStatus(400, "Parameter result cannot be stored: %v", err)
+	}
+	h := jetstream.Header{}
+	h.Set("Tracker-Item-Id", id)
+	h.Set("Tracker-Result-Type", rtype)
+	h.Set("Tracker-Attempt", strconv.FormatInt(attempt, 10))
+	if _, err := q.js.Publish(ctx, q.resultSubject(rec.PipelineType, rtype), b, jetstream.PubOpts{MsgID: "result:" + newID, Header: h}); err != nil {
+		return "", fmt.Errorf("store %s: %w", id, err)
+	}
+	return newID, nil
+}

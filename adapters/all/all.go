@@ -2,15 +2,18 @@
 package all
 
 import (
+	"github.com/jetbridge/jetbridge/adapters/gilmour"
+	"github.com/jetbridge/jetbridge/adapters/sink"
+	"github.com/jetbridge/jetbridge/adapters/tracker"
 	"github.com/jetbridge/jetbridge/bridge"
 )
 
 // Adapters returns a fresh instance of every protocol adapter, in start-up order.
 func Adapters() []bridge.Adapter {
 	return []bridge.Adapter{
-		placeholder("tracker", bridge.ListenerSpec{Name: "tracker", Flag: "tracker-listen", Default: ":8897", Usage: "Tracker WebSocket listener"}),
-		placeholder("gilmour", bridge.ListenerSpec{Name: "gilmour", Flag: "gilmour-listen", Default: ":8080", Usage: "Gilmour HTTP proxy listener"}),
-		placeholder("sink", bridge.ListenerSpec{Name: "sink", Flag: "sink-listen", Default: ":2020", Usage: "Sink TLS listener"}),
+		tracker.New(),
+		gilmour.New(),
+		sink.New(),
 		placeholder("zerotask",
 			bridge.ListenerSpec{Name: "zerotask", Flag: "zerotask-listen", Default: ":5555", Usage: "ZeroTask ROUTER listener"},
 			bridge.ListenerSpec{Name: "zerotask-pub", Flag: "zerotask-pub-listen", Default: ":5556", Usage: "ZeroTask PUB listener"}),

@@ -46,7 +46,6 @@ type harness struct {
 	JS          *jetstream.Client
 	Concurrency int
 	Payload     int
-	// Flags are extra pod flags given with -pod-flag.
 }
 
 // Addr is the real address of a pod listener ("tracker", "gilmour", "sink", …).
@@ -90,6 +89,7 @@ func run(args []string, out io.Writer) error {
 	payload := fs.Int("payload", 128, "payload size in bytes")
 	asJSON := fs.Bool("json", false, "print JSON")
 	list := fs.Bool("list", false, "list scenarios")
+	podFlags := fs.String("pod-flags", "", `extra flags for the pod, e.g. "--durability strict"`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -111,7 +111,7 @@ func run(args []string, out io.Writer) error {
 	if *concurrency < 1 || *duration <= 0 {
 		return errors.New("-concurrency and -duration must be positive")
 	}
-	h, stop, err := startHarness(*concurrency, *payload)
+	h, stop, err := startHarness(*concurrency, *payload, strings.Fields(*podFlags))
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func run(args []string, out io.Writer) error {
 }
 
 // startHarness starts a pod with every adapter on an embedded server in a temp folder.
-func startHarness(concurrency, payload int) (*harness, func(), error) {
+func startHarness(concurrency, payload int, extra []string) (*harness, func(), error) {
 	dir, err := os.MkdirTemp("", "jetbridge-bench-")
 	if err != nil {
 		return nil, nil, err
@@ -175,7 +175,7 @@ func startHarness(concurrency, payload int) (*harness, func(), error) {
 			args = append(args, "--"+l.Flag, "127.0.0.1:0")
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(append(args, extra...)); err != nil {
 		return nil, nil, err
 	}
 	if err := bridge.ApplyEnvAndFile(fs, ""); err != nil {

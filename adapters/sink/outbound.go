@@ -26,6 +26,9 @@ type outbound struct {
 	stopC  func()
 	wg     sync.WaitGroup // JetStream acks and dead-letters in progress
 
+	lateMu sync.Mutex
+	late   []*jetstream.Job // pulled after stop began: given back with the held ones
+
 	// loop goroutine only
 	inflight map[uint16]*outItem
 	keys     map[string]*keyQueue
@@ -71,13 +74,15 @@ func startOutbound(s *session) (*outbound, error) {
 		inflight: map[uint16]*outItem{}, keys: map[string]*keyQueue{}, held: map[uint64]*outItem{},
 		nextID: uint16(time.Now().UnixNano()) & MaxID}
 	o.ctx, o.cancel = context.WithCancel(s.ctx)
-	stop, err := cons.Consume(func(j *jetstream.Job) {
+	stop, err := cons.ConsumeDrain(func(j *jetstream.Job) {
 		select {
 		case o.jobs <- j:
 		case <-o.ctx.Done():
-			_ = j.Retry(0) // give it back at once for the next connection
+			o.lateMu.Lock()
+			o.late = append(o.late, j) // given back by stop, in sequence order with the held ones
+			o.lateMu.Unlock()
 		}
-	}, min(a.cfg.OutMaxPending, 256))
+	}, min(a.cfg.OutMaxPending, 64))
 	if err != nil {
 		o.cancel()
 		return nil, err
@@ -99,12 +104,14 @@ func (o *outbound) deliverResult(r ackResult) bool {
 	}
 }
 
-// stop ends delivery: held events go back to JetStream (in sequence order, so per-key order is
-// kept on the next connection).
+// stop ends delivery: held events go back to JetStream in sequence order (so per-key order is
+// kept on the next connection), after the pull subscription is gone so that none of them is
+// redelivered to it.
 func (o *outbound) stop() {
 	o.cancel()
 	o.stopC()
 	<-o.done
+	o.giveBack()
 	o.wg.Wait()
 }
 
@@ -113,13 +120,12 @@ func (o *outbound) loop() {
 	a := o.s.a
 	t := time.NewTicker(max(a.cfg.OutAckWait/3, 100*time.Millisecond))
 	defer t.Stop()
-	defer o.giveBack()
 	for {
 		select {
 		case <-o.ctx.Done():
 			return
 		case j := <-o.jobs:
-			o.add(j)
+			o.addBurst(j)
 		case r := <-o.res:
 			o.result(r)
 		case <-t.C:
@@ -131,16 +137,53 @@ func (o *outbound) loop() {
 }
 
 func (o *outbound) giveBack() {
-	items := make([]*outItem, 0, len(o.held))
-	for _, it := range o.held {
-		items = append(items, it)
+	jobs := map[uint64]*jetstream.Job{}
+	o.lateMu.Lock()
+	for _, j := range o.late {
+		jobs[j.Sequence] = j
 	}
-	sort.Slice(items, func(i, j int) bool { return items[i].job.Sequence < items[j].job.Sequence })
-	for _, it := range items {
-		_ = it.job.Retry(0)
+	o.late = nil
+	o.lateMu.Unlock()
+	for seq, it := range o.held {
+		jobs[seq] = it.job
+	}
+	seqs := make([]uint64, 0, len(jobs))
+	for seq := range jobs {
+		seqs = append(seqs, seq)
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	for _, seq := range seqs {
+		_ = jobs[seq].Retry(0)
 	}
 	o.s.a.m.inflight.WithLabelValues("out").Sub(float64(len(o.inflight)))
 	o.held, o.inflight = map[uint64]*outItem{}, map[uint16]*outItem{}
+}
+
+// burstWindow is how long the loop waits for more events after one arrived, to sort a burst by
+// stream sequence. JetStream can hand events given back by a closed connection out of order
+// (a redelivery popped while only a stale pull request waits goes to the end of the redelivery
+// queue), so a burst is re-sorted to keep per-key order whenever the events arrive together.
+const burstWindow = 2 * time.Millisecond
+
+func (o *outbound) addBurst(j *jetstream.Job) {
+	burst := []*jetstream.Job{j}
+	timer := time.NewTimer(burstWindow)
+	defer timer.Stop()
+collect:
+	for len(burst) < 256 {
+		select {
+		case j := <-o.jobs:
+			burst = append(burst, j)
+		case <-timer.C:
+			break collect
+		case <-o.ctx.Done():
+			break collect
+		}
+	}
+	sort.Slice(burst, func(a, b int) bool { return burst[a].Sequence < burst[b].Sequence })
+	for _, j := range burst {
+		o.add(j)
+	}
 }
 
 func (o *outbound) add(j *jetstream.Job) {

@@ -1,6 +1,7 @@
 package gilmour
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -127,4 +128,58 @@ func waitServedCode(t *testing.T, url, id, topic string, want int) {
 		}
 		return nil
 	})
+}
+
+// TestBadInputsOverHTTP sends bad bodies to every route that takes one: the answer is 400 (or
+// 413, 404) with the reason in status, and nothing is written.
+func TestBadInputsOverHTTP(t *testing.T) {
+	e := newEnv(t, "--gilmour-max-body=2048")
+	n := newNode(t)
+	id := n.register(e.url, nil)
+	big := `{"topic":"a","message":"` + strings.Repeat("x", 3000) + `"}`
+	routes := []string{"/nodes", "/nodes/" + id + "/slots", "/nodes/" + id + "/services", "/request/" + id, "/signal/" + id}
+	bodies := []struct {
+		body string
+		code int
+	}{
+		{``, 400}, {`{`, 400}, {`null`, 400}, {`"str"`, 400}, {`[`, 400}, {`{"topic":5,"port":"x"}`, 400},
+		{`{"topic":"a b","port":"x","group":"g h","path":"/a b"}`, 400}, {`{"topic":"a.>","group":"g","path":"/p","port":0}`, 400},
+		{`{"topic":"a..b","group":"g","path":"/p","port":99999}`, 400},
+		{big, 413},
+	}
+	for _, r := range routes {
+		for _, b := range bodies {
+			code, out := call(t, "POST", e.url+r, b.body)
+			if code != b.code {
+				t.Errorf("POST %s %.40q: %d %s, want %d", r, b.body, code, out, b.code)
+				continue
+			}
+			var st StatusResponse
+			if err := json.Unmarshal(out, &st); err != nil || st.Status == "" || st.Status == "ok" {
+				t.Errorf("POST %s %.40q: body %s", r, b.body, out)
+			}
+		}
+	}
+	// unknown node with a valid body
+	for _, r := range []string{"/nodes/unknown/slots", "/nodes/unknown/services", "/request/unknown", "/signal/unknown"} {
+		code, out := call(t, "POST", e.url+r, `{"topic":"a","group":"g","path":"/a"}`)
+		if code != 404 || string(out) != `{"status":"node not found"}`+"\n" {
+			t.Errorf("POST %s: %d %s", r, code, out)
+		}
+	}
+	if code, out := call(t, "POST", e.url+"/nodes/"+id+"/services", `{"topic":"a.*","group":"g","path":"/p"}`); code != 400 {
+		t.Errorf("wildcard service: %d %s", code, out)
+	}
+	if code, _ := call(t, "DELETE", e.url+"/nodes/"+id+"/slots", nil); code != 400 {
+		t.Errorf("DELETE slots without topic: %d", code)
+	}
+	// nothing was written: the node is unchanged and is the only one
+	_, out := call(t, "GET", e.url+"/nodes/"+id, nil)
+	if d := decode[NodeDetail](t, out); len(d.Slots) != 0 || len(d.Services) != 0 {
+		t.Fatalf("node changed: %s", out)
+	}
+	_, out = call(t, "GET", e.pod.AdminURL+"/api/v1/gilmour/nodes", nil)
+	if an := decode[AdminNodes](t, out); len(an.Nodes) != 1 {
+		t.Fatalf("nodes: %s", out)
+	}
 }

@@ -40,6 +40,7 @@ type Adapter struct {
 	resultsMaxAge  time.Duration
 	eventsMaxAge   time.Duration
 	resultsDupeWin time.Duration
+	argonMemory    int
 
 	env  *bridge.Env
 	q    *Queue
@@ -92,6 +93,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.dripEvery, "tracker-dripfeed-interval", time.Second, "how often stashes are drip-fed into the queue")
 	fs.DurationVar(&a.resultsMaxAge, "tracker-results-max-age", 30*24*time.Hour, "how long stored results are kept")
 	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
+	fs.IntVar(&a.argonMemory, "tracker-argon2-memory", 19*1024, "argon2id memory cost in KiB for new pipeline secrets")
 	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
 }
 
@@ -154,6 +156,9 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	if a.dripEvery <= 0 {
 		a.dripEvery = time.Second
+	}
+	if a.argonMemory < 8 {
+		a.argonMemory = 19 * 1024
 	}
 	if a.maxFrame <= 0 {
 		a.maxFrame = env.MaxMessage

@@ -103,7 +103,7 @@ func (a *Adapter) adminAddPipeline(c echo.Context) error {
 		return apiErr(c, 400, "budget and claims_per_minute must not be negative")
 	}
 	secret := newSecret()
-	p := Pipeline{Name: in.Name, Hash: hashSecret(secret), Created: epoch(time.Now()), Budget: in.Budget, ClaimsPerMinute: in.ClaimsPerMinute}
+	p := Pipeline{Name: in.Name, Hash: hashSecret(secret, uint32(a.argonMemory)), Created: epoch(time.Now()), Budget: in.Budget, ClaimsPerMinute: in.ClaimsPerMinute}
 	b, _ := json.Marshal(p)
 	ctx, cancel := a.ctxFor(c)
 	defer cancel()

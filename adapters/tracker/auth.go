@@ -29,19 +29,19 @@ type Pipeline struct {
 	ClaimsPerMinute int `json:"claims_per_minute"`
 }
 
-// argon2id parameters (OWASP's minimum recommendation: 19 MiB, 2 passes).
+// argon2id parameters (OWASP's minimum recommendation: 19 MiB, 2 passes). The memory cost is
+// a flag (tests lower it); the parameters are stored in each hash.
 const (
 	argonTime    = 2
-	argonMemory  = 19 * 1024
 	argonThreads = 1
 	argonKeyLen  = 32
 )
 
-func hashSecret(secret string) string {
+func hashSecret(secret string, memoryKiB uint32) string {
 	salt := make([]byte, 16)
 	_, _ = rand.Read(salt)
-	key := argon2.IDKey([]byte(secret), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
+	key := argon2.IDKey([]byte(secret), salt, argonTime, memoryKiB, argonThreads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, memoryKiB, argonTime, argonThreads,
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
 }
 
@@ -52,7 +52,7 @@ func verifySecret(encoded, secret string) bool {
 	}
 	var m, t uint32
 	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m == 0 || t == 0 || p == 0 || m > 1<<20 || t > 16 {
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m < 8 || t == 0 || p == 0 || m > 1<<20 || t > 16 {
 		return false
 	}
 	salt, err1 := base64.RawStdEncoding.DecodeString(parts[4])

@@ -26,13 +26,15 @@ type testEnv struct {
 	srv *jetstream.Embedded
 	js  *jetstream.Client
 	pod *bridgetest.Pod
+	a   *Adapter
 }
 
 func newEnv(t testing.TB, args ...string) *testEnv {
 	t.Helper()
 	srv := jstest.Server(t)
 	js := jstest.Connect(t, srv)
-	return &testEnv{t: t, srv: srv, js: js, pod: bridgetest.Start(t, js, New(), args...)}
+	a := New()
+	return &testEnv{t: t, srv: srv, js: js, pod: bridgetest.Start(t, js, a, args...), a: a}
 }
 
 // admin calls the pod's admin API.
@@ -241,3 +243,35 @@ func ctxT(t testing.TB) context.Context {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// tryCall is call without testing.T (for goroutines).
+func (w *wsClient) tryCall(typ string, req any) (reply, error) {
+	w.seq++
+	b, _ := json.Marshal(req)
+	if err := w.c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":%q,"request":%s,"seq":%d}`, typ, b, w.seq))); err != nil {
+		return reply{}, err
+	}
+	for {
+		_ = w.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, data, err := w.c.ReadMessage()
+		if err != nil {
+			return reply{}, err
+		}
+		var r reply
+		if err := json.Unmarshal(data, &r); err != nil {
+			return reply{}, err
+		}
+		r.Raw = string(data)
+		if r.Seq == nil {
+			continue
+		}
+		if *r.Seq != w.seq {
+			return r, fmt.Errorf("desync: sent %d got %s", w.seq, data)
+		}
+		return r, nil
+	}
+}
+
+func (e *testEnv) podAdapter() *Adapter { return e.a }

@@ -222,7 +222,7 @@ func TestQueueOrder(t *testing.T) {
 
 // TestErrorRows covers every error row of the Decisions; the connection survives each of them.
 func TestErrorRows(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, "--tracker-command-timeout=1s")
 	secret := addPipeline(t, e.pod, "p1")
 	secret2 := addPipeline(t, e.pod, "p2")
 	id := queueItems(t, e.pod, map[string]any{"item": "https://x/", "pipeline_type": "brozzler"})[0]

@@ -1,0 +1,415 @@
+// Package zerotask serves the ZeroTask JSON-RPC 2.0 task broker (joshmarshall/zerotask) on top of
+// JetStream: a ZeroMQ ROUTER for the original REQ clients and nodes, a PUB socket for its
+// notifications, and the same methods over HTTP (POST /api/v1/zerotask/rpc) and NATS
+// request-reply (zerotask.rpc). Tasks, nodes and clients are KV records; every unfinished task
+// has a message in a work queue whose lease drives re-announcement and the requeueing of tasks
+// whose node was lost. See /work/shared/specs/zerotask.md and schemas/zerotask/subjects.md.
+package zerotask
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/jetbridge/jetbridge/adapters/zmtp"
+	"github.com/jetbridge/jetbridge/bridge"
+	"github.com/jetbridge/jetbridge/jetstream"
+)
+
+const protocol = "zerotask"
+
+// Adapter is the ZeroTask protocol adapter.
+type Adapter struct {
+	cfg         Config
+	maxInFlight int
+	heartbeat   time.Duration
+	watchBuffer int
+
+	env    *bridge.Env
+	log    *slog.Logger
+	b      *Broker
+	router *zmtp.Router
+	pub    *zmtp.Pub
+
+	ctx       context.Context // everything; cancelled by Stop
+	cancel    context.CancelFunc
+	recvStop  context.CancelFunc // the ZeroMQ receive loop; cancelled by Drain
+	recvCtx   context.Context
+	wg        sync.WaitGroup // loops
+	reqWG     sync.WaitGroup // requests in flight
+	sem       chan struct{}
+	kick      chan struct{}
+	rpcSub    *jetstream.Subscription
+	eventSub  *jetstream.Subscription
+	stopWatch func()
+	draining  atomic.Bool
+	stopOnce  sync.Once
+}
+
+// New returns the ZeroTask adapter; its configuration comes from the flags it registers.
+func New() *Adapter {
+	return &Adapter{cfg: Config{ResultTTL: 24 * time.Hour, NodeTimeout: 60 * time.Second, Lease: 5 * time.Second, MaxAttempts: 5},
+		maxInFlight: 256, heartbeat: 10 * time.Second, watchBuffer: 64}
+}
+
+// Name implements bridge.Adapter.
+func (a *Adapter) Name() string { return protocol }
+
+// Listeners implements bridge.Adapter.
+func (a *Adapter) Listeners() []bridge.ListenerSpec {
+	return []bridge.ListenerSpec{
+		{Name: "zerotask", Flag: "zerotask-listen", Default: ":5555", Usage: "ZeroTask ROUTER listener (REQ clients and nodes)"},
+		{Name: "zerotask-pub", Flag: "zerotask-pub-listen", Default: ":5556", Usage: "ZeroTask PUB listener (notifications)"},
+	}
+}
+
+// Flags implements bridge.Adapter.
+func (a *Adapter) Flags(fs *pflag.FlagSet) {
+	fs.DurationVar(&a.cfg.ResultTTL, "zerotask-result-ttl", a.cfg.ResultTTL, "ZeroTask: how long a task's result or error is kept after client_task_result fetched it")
+	fs.DurationVar(&a.cfg.NodeTimeout, "zerotask-node-timeout", a.cfg.NodeTimeout, "ZeroTask: a node neither connected nor heard of (node_heartbeat) for this long is dropped and its tasks requeued")
+	fs.DurationVar(&a.cfg.Lease, "zerotask-lease", a.cfg.Lease, "ZeroTask: how often a waiting task is announced again and an assigned task's node checked")
+	fs.IntVar(&a.cfg.MaxAttempts, "zerotask-max-attempts", a.cfg.MaxAttempts, "ZeroTask: a task whose node is lost this many times fails and is dead-lettered")
+	fs.IntVar(&a.maxInFlight, "zerotask-max-inflight", a.maxInFlight, "ZeroTask: requests served at once by this pod (beyond it, ZeroMQ peers wait)")
+	fs.DurationVar(&a.heartbeat, "zerotask-heartbeat", a.heartbeat, "ZeroTask: ZMTP PING interval to detect dead connections (0 = off)")
+}
+
+// Assets implements bridge.Adapter.
+func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
+	lease := a.cfg.Lease
+	if lease <= 0 {
+		lease = 5 * time.Second
+	}
+	return jetstream.Assets{
+		Streams: []jetstream.StreamSpec{{Name: streamQueue, Description: "ZeroTask: one message per unfinished task, zerotask.queue.<method>.<task>",
+			Subjects: []string{n.Subject("zerotask", "queue", ">")}, Retention: jetstream.WorkQueue, Duplicates: 10 * time.Minute}},
+		Consumers: []jetstream.ConsumerSpec{{Stream: streamQueue, Durable: consumerDog,
+			Description: "ZeroTask watchdog: re-announces waiting tasks, requeues tasks of lost nodes",
+			AckWait:     lease, MaxAckPending: 100000}},
+		Buckets: []jetstream.BucketSpec{
+			{Name: bucketTasks, Description: "ZeroTask tasks by full id", LimitMarkerTTL: 10 * time.Minute},
+			{Name: bucketNodes, Description: "ZeroTask nodes by id"},
+			{Name: bucketClient, Description: "ZeroTask clients by id"},
+		},
+	}
+}
+
+func (a *Adapter) validate() error {
+	switch {
+	case a.cfg.ResultTTL < time.Second:
+		return errors.New("--zerotask-result-ttl must be at least 1s")
+	case a.cfg.NodeTimeout < 100*time.Millisecond:
+		return errors.New("--zerotask-node-timeout must be at least 100ms")
+	case a.cfg.Lease < 100*time.Millisecond:
+		return errors.New("--zerotask-lease must be at least 100ms")
+	case a.cfg.MaxAttempts < 1:
+		return errors.New("--zerotask-max-attempts must be at least 1")
+	case a.maxInFlight < 1:
+		return errors.New("--zerotask-max-inflight must be at least 1")
+	}
+	return nil
+}
+
+// Start implements bridge.Adapter.
+func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
+	if err := a.validate(); err != nil {
+		return err
+	}
+	a.env, a.log = env, env.Log
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.recvCtx, a.recvStop = context.WithCancel(a.ctx)
+	a.sem = make(chan struct{}, a.maxInFlight)
+	a.kick = make(chan struct{}, 1)
+	a.b = newBroker(a.cfg, env.JS, a.log, env.PodID, newBrokerMetrics(env.Metrics, env.Registry))
+	if err := a.b.open(ctx); err != nil {
+		a.cancel()
+		return fmt.Errorf("zerotask: %w", err)
+	}
+	a.b.reannounce = func() {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
+	if err := a.startSockets(); err != nil {
+		a.shutdown()
+		return err
+	}
+	if err := a.startNATS(ctx); err != nil {
+		a.shutdown()
+		return err
+	}
+	if env.Admin != nil {
+		a.routes(env.Admin)
+	}
+	a.loop(a.cfg.NodeTimeout/4, a.b.refresh)
+	a.loop(a.cfg.NodeTimeout/2, a.b.sweep)
+	a.wg.Add(1)
+	go a.reannouncer()
+	return nil
+}
+
+func (a *Adapter) startSockets() error {
+	opts := zmtp.Options{Logger: a.log, Registerer: a.env.Registry, MaxMessageSize: int64(a.env.ZMQMaxMessage),
+		HeartbeatInterval: a.heartbeat}
+	if ln := a.env.Listeners["zerotask"]; ln != nil {
+		opts.Name = "zerotask"
+		r, err := serveRouter(a.ctx, ln, opts)
+		if err != nil {
+			return err
+		}
+		a.router = r
+		a.b.connected = func(conn string) bool { return r.Connected([]byte(conn)) }
+		a.wg.Add(2)
+		go a.recvLoop()
+		go a.routerEvents()
+	}
+	if ln := a.env.Listeners["zerotask-pub"]; ln != nil {
+		opts.Name = "zerotask-pub"
+		opts.HeartbeatInterval = a.heartbeat
+		p, err := servePub(a.ctx, ln, opts)
+		if err != nil {
+			return err
+		}
+		a.pub = p
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			for ev := range p.Events() {
+				if ev.Kind == zmtp.PeerConnected {
+					a.b.reannounce() // a late subscriber learns about waiting tasks
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+func (a *Adapter) startNATS(ctx context.Context) error {
+	js := a.env.JS
+	if a.pub != nil {
+		sub, err := js.Subscribe(js.Subject("zerotask", "events", "*"), "", func(m *jetstream.Msg) {
+			if _, err := a.pub.Publish(m.Data); err == nil && a.env.Metrics != nil {
+				a.env.Metrics.MessagesOut.WithLabelValues(protocol, "notification").Inc()
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("zerotask: %w", err)
+		}
+		a.eventSub = sub
+	}
+	sub, err := js.Subscribe(js.Subject("zerotask", "rpc"), "zerotask", func(m *jetstream.Msg) {
+		if !a.acquire() {
+			return
+		}
+		go func() {
+			defer a.release()
+			rctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+			defer cancel()
+			out := a.b.Handle(rctx, caller{transport: viaNATS}, m.Data)
+			if m.Reply != "" {
+				if err := m.Respond(out, nil); err != nil {
+					a.log.Debug("zerotask: nats reply", "err", err)
+				}
+			}
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("zerotask: %w", err)
+	}
+	a.rpcSub = sub
+	cons, err := js.Consumer(ctx, streamQueue, consumerDog)
+	if err != nil {
+		return fmt.Errorf("zerotask: %w", err)
+	}
+	stop, err := cons.Consume(func(j *jetstream.Job) {
+		wctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+		defer cancel()
+		a.b.watch(wctx, j)
+	}, a.watchBuffer)
+	if err != nil {
+		return fmt.Errorf("zerotask: %w", err)
+	}
+	a.stopWatch = stop
+	return nil
+}
+
+// acquire takes a request slot (waiting while maxInFlight requests run); false once stopping.
+func (a *Adapter) acquire() bool {
+	select {
+	case a.sem <- struct{}{}:
+		a.reqWG.Add(1)
+		return true
+	case <-a.ctx.Done():
+		return false
+	}
+}
+
+func (a *Adapter) release() {
+	<-a.sem
+	a.reqWG.Done()
+}
+
+func (a *Adapter) recvLoop() {
+	defer a.wg.Done()
+	for {
+		m, err := a.router.Recv(a.recvCtx)
+		if err != nil {
+			return
+		}
+		if !a.acquire() {
+			return
+		}
+		go func() {
+			defer a.release()
+			a.serveZMQ(m)
+		}()
+	}
+}
+
+var errFrames = rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: one JSON-RPC object per frame.")
+
+func (a *Adapter) serveZMQ(m zmtp.Message) {
+	ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+	defer cancel()
+	var out []byte
+	if body := m.Body(); len(body) != 1 {
+		a.b.m.request("invalid", CodeInvalidRequest)
+		out = EncodeError(nil, errFrames)
+	} else {
+		out = a.b.Handle(ctx, caller{transport: viaZMQ, conn: string(m.Peer)}, body[0])
+	}
+	if err := a.router.Reply(ctx, m, out); err != nil {
+		a.log.Debug("zerotask: reply", "peer", fmt.Sprintf("%x", m.Peer), "err", err)
+		return
+	}
+	if a.env.Metrics != nil {
+		a.env.Metrics.MessagesOut.WithLabelValues(protocol, "reply").Inc()
+	}
+}
+
+func (a *Adapter) routerEvents() {
+	defer a.wg.Done()
+	for ev := range a.router.Events() {
+		switch ev.Kind {
+		case zmtp.PeerConnected:
+			if a.env.Metrics != nil {
+				a.env.Metrics.Connections.WithLabelValues(protocol).Inc()
+			}
+		case zmtp.PeerDisconnected:
+			if a.env.Metrics != nil {
+				a.env.Metrics.Connections.WithLabelValues(protocol).Dec()
+			}
+			if a.ctx.Err() != nil {
+				continue // stopping: the records age out like a dead pod's
+			}
+			ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+			a.b.dropConn(ctx, string(ev.Peer))
+			cancel()
+		}
+	}
+}
+
+// loop runs fn every period until Stop.
+func (a *Adapter) loop(period time.Duration, fn func(context.Context)) {
+	period = max(period, 50*time.Millisecond)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-a.ctx.Done():
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(a.ctx, period+10*time.Second)
+				fn(ctx)
+				cancel()
+			}
+		}
+	}()
+}
+
+// reannouncer announces waiting tasks when a node or a subscriber connects: once at once and once
+// more a moment later, for subscribers whose subscription was still on its way.
+func (a *Adapter) reannouncer() {
+	defer a.wg.Done()
+	var later <-chan time.Time
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-a.kick:
+			later = time.After(250 * time.Millisecond)
+		case <-later:
+			later = nil
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+		a.b.announceWaiting(ctx)
+		cancel()
+	}
+}
+
+// Drain implements bridge.Adapter: no new requests; those in flight finish.
+func (a *Adapter) Drain(ctx context.Context) error {
+	if a.ctx == nil {
+		return nil
+	}
+	a.draining.Store(true)
+	if a.rpcSub != nil {
+		_ = a.rpcSub.Unsubscribe()
+	}
+	a.recvStop()
+	done := make(chan struct{})
+	go func() {
+		a.reqWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("zerotask drain: %w", ctx.Err())
+	}
+}
+
+// Stop implements bridge.Adapter.
+func (a *Adapter) Stop() error {
+	if a.ctx == nil {
+		return nil
+	}
+	a.shutdown()
+	return nil
+}
+
+func (a *Adapter) shutdown() {
+	a.stopOnce.Do(func() {
+		a.cancel()
+		if a.rpcSub != nil {
+			_ = a.rpcSub.Unsubscribe()
+		}
+		if a.eventSub != nil {
+			_ = a.eventSub.Unsubscribe()
+		}
+		if a.stopWatch != nil {
+			a.stopWatch()
+		}
+		if a.router != nil {
+			_ = a.router.Close()
+		}
+		if a.pub != nil {
+			_ = a.pub.Close()
+		}
+		a.wg.Wait()
+		a.reqWG.Wait()
+	})
+}

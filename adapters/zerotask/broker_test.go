@@ -1,0 +1,138 @@
+package zerotask
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetbridge/jetbridge/adapters/zerotask/ztclient"
+	"github.com/jetbridge/jetbridge/bridge/bridgetest"
+	"github.com/jetbridge/jetbridge/jetstream"
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
+)
+
+// testArgs are fast timings for tests.
+var testArgs = []string{"--zerotask-lease=300ms", "--zerotask-node-timeout=2s", "--zerotask-heartbeat=500ms"}
+
+func startPod(t testing.TB, js *jetstream.Client, extra ...string) *bridgetest.Pod {
+	t.Helper()
+	return bridgetest.Start(t, js, New(), append(append([]string(nil), testArgs...), extra...)...)
+}
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func req(t testing.TB, p *bridgetest.Pod) *ztclient.Req {
+	t.Helper()
+	r, err := ztclient.DialReq(ctxT(t, 5*time.Second), p.Addrs["zerotask"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func sub(t testing.TB, p *bridgetest.Pod) *ztclient.Sub {
+	t.Helper()
+	s, err := ztclient.DialSub(ctxT(t, 5*time.Second), p.Addrs["zerotask-pub"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func call(t testing.TB, r *ztclient.Req, method string, params any) json.RawMessage {
+	t.Helper()
+	var out json.RawMessage
+	if err := r.Call(ctxT(t, 10*time.Second), MethodPrefix+method, params, &out); err != nil {
+		t.Fatalf("%s %v: %v", method, params, err)
+	}
+	return out
+}
+
+func callErr(t testing.TB, r *ztclient.Req, method string, params any) int {
+	t.Helper()
+	err := r.Call(ctxT(t, 10*time.Second), MethodPrefix+method, params, nil)
+	var e *ztclient.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%s %v: want a JSON-RPC error, got %v", method, params, err)
+	}
+	return e.Code
+}
+
+func str(t testing.TB, raw json.RawMessage) string {
+	t.Helper()
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatalf("%s is not a string", raw)
+	}
+	return s
+}
+
+func waitFor(t testing.TB, s *ztclient.Sub, method, taskID string) {
+	t.Helper()
+	_, err := s.Wait(ctxT(t, 10*time.Second), func(n ztclient.Notification) bool {
+		var p struct {
+			TaskID string `json:"task_id"`
+		}
+		_ = json.Unmarshal(n.Params, &p)
+		return n.Method == method && p.TaskID == taskID
+	})
+	if err != nil {
+		t.Fatalf("waiting for %s %s: %v", method, taskID, err)
+	}
+}
+
+func TestFlowGoClient(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	p := startPod(t, js)
+	node, nsub := req(t, p), sub(t, p)
+	client, csub := req(t, p), sub(t, p)
+	nid := str(t, call(t, node, "node_connect", []any{}))
+	cid := str(t, call(t, client, "client_connect", []any{}))
+	if len(nid) != 20 || len(cid) != 20 {
+		t.Fatalf("ids %q %q", nid, cid)
+	}
+	tid := str(t, call(t, client, "client_new_task", map[string]any{"client_id": cid, "method": "add", "params": []int{5, 6}}))
+	if !strings.HasPrefix(tid, cid+"-") {
+		t.Fatalf("task id %q", tid)
+	}
+	waitFor(t, nsub, "zerotask.node.task_ready", tid)
+	if st := call(t, client, "client_task_status", []any{cid, tid}); string(st) != "1000" {
+		t.Fatalf("status %s", st)
+	}
+	if code := callErr(t, client, "client_task_result", []any{cid, tid}); code != CodeNotComplete {
+		t.Fatalf("early result: %d", code)
+	}
+	obj := call(t, node, "node_task_request", map[string]any{"node_id": nid, "task_id": tid})
+	var task map[string]any
+	_ = json.Unmarshal(obj, &task)
+	if task["method"] != "add" || task["_status"] != float64(3000) || task["_node"] != nid || !strings.HasSuffix(tid, fmt.Sprint(task["id"])) {
+		t.Fatalf("task object %s", obj)
+	}
+	if again := call(t, node, "node_task_request", []any{nid, tid}); string(again) != "null" {
+		t.Fatalf("second request got %s", again)
+	}
+	if err := node.Notify(ctxT(t, 5*time.Second), MethodPrefix+"node_task_finished", map[string]any{"node_id": nid, "task_id": tid, "result": 11}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, csub, "zerotask.client.task_result_ready", tid)
+	if st := call(t, client, "client_task_status", []any{cid, tid}); string(st) != "7000" {
+		t.Fatalf("status %s", st)
+	}
+	if res := call(t, client, "client_task_result", map[string]any{"client_id": cid, "task_id": tid}); string(res) != "11" {
+		t.Fatalf("result %s", res)
+	}
+	// Kept (until the result TTL) after the fetch.
+	if res := call(t, client, "client_task_result", []any{cid, tid}); string(res) != "11" {
+		t.Fatalf("second result %s", res)
+	}
+}

@@ -1,0 +1,383 @@
+package zerotask
+
+// codec.go: JSON-RPC 2.0 decoding and encoding as ZeroTask speaks it, without any I/O.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Error codes of §1.4 (and -32602, Decision 5).
+const (
+	CodeParseError     = -32700
+	CodeInvalidRequest = -32600
+	CodeMethodNotFound = -32601
+	CodeInvalidParams  = -32602
+	CodeInternal       = -32603
+	CodeInvalidClient  = -32010
+	CodeInvalidTask    = -32020
+	CodeInvalidNode    = -32030
+	CodeNotComplete    = -32050
+)
+
+var codeMessages = map[int]string{
+	CodeParseError:     "Parse error.",
+	CodeInvalidRequest: "Invalid JSON-RPC request.",
+	CodeMethodNotFound: "Method not found.",
+	CodeInvalidParams:  "Invalid parameters.",
+	CodeInternal:       "Internal error.",
+	CodeInvalidClient:  "Invalid client id.",
+	CodeInvalidTask:    "Invalid task id.",
+	CodeInvalidNode:    "Invalid node id.",
+	CodeNotComplete:    "Task not complete.",
+}
+
+// RPCError is a JSON-RPC error object. Raw, when set, is sent as the error object verbatim (a
+// failed task's stored error).
+type RPCError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Raw     json.RawMessage
+}
+
+func (e *RPCError) Error() string { return fmt.Sprintf("jsonrpc %d: %s", e.Code, e.Message) }
+
+// rpcErr builds the error of code with its standard message (or detail when given).
+func rpcErr(code int, detail ...string) *RPCError {
+	msg := codeMessages[code]
+	if len(detail) > 0 && detail[0] != "" {
+		msg = detail[0]
+	}
+	return &RPCError{Code: code, Message: msg}
+}
+
+// Request is one decoded JSON-RPC request or notification.
+type Request struct {
+	Method string
+	// Params is the raw params: a JSON array or object ("[]" when absent).
+	Params json.RawMessage
+	// ID is the raw id; HasID is false for a notification (no "id" key).
+	ID    json.RawMessage
+	HasID bool
+}
+
+// Notification reports a request without an id: it is answered with the JSON literal null.
+func (r *Request) Notification() bool { return !r.HasID }
+
+// Decoded is one frame: a single request or a batch. Each element of Requests is either a valid
+// request or, at the same index in Errors, the error to answer for it.
+type Decoded struct {
+	Batch    bool
+	Requests []Request
+	Errors   []*RPCError
+}
+
+// MaxBatch bounds the number of requests in one batch.
+const MaxBatch = 1000
+
+// Decode parses one frame. A frame that is not JSON gives a -32700 error; a JSON value that is not
+// a request (nor a non-empty batch of them) gives -32600. Per-request errors inside a batch are
+// returned in d.Errors, the frame-level error as err.
+func Decode(frame []byte) (d Decoded, err *RPCError) {
+	trimmed := bytes.TrimLeft(frame, " \t\r\n")
+	if len(trimmed) == 0 {
+		return d, rpcErr(CodeParseError)
+	}
+	if !utf8.Valid(frame) {
+		return d, rpcErr(CodeParseError, "Parse error: frame is not UTF-8.")
+	}
+	if !json.Valid(frame) {
+		return d, rpcErr(CodeParseError)
+	}
+	if trimmed[0] == '[' {
+		var elems []json.RawMessage
+		if e := json.Unmarshal(frame, &elems); e != nil {
+			return d, rpcErr(CodeParseError)
+		}
+		if len(elems) == 0 {
+			return d, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: empty batch.")
+		}
+		if len(elems) > MaxBatch {
+			return d, rpcErr(CodeInvalidRequest, fmt.Sprintf("Invalid JSON-RPC request: batch of more than %d.", MaxBatch))
+		}
+		d.Batch = true
+		d.Requests = make([]Request, len(elems))
+		d.Errors = make([]*RPCError, len(elems))
+		for i, el := range elems {
+			d.Requests[i], d.Errors[i] = decodeOne(el)
+		}
+		return d, nil
+	}
+	r, e := decodeOne(frame)
+	d.Requests = []Request{r}
+	d.Errors = []*RPCError{e}
+	return d, nil
+}
+
+// decodeOne validates one request object. On error the returned Request still carries the id (so
+// the error can be answered with it) when the object had one.
+func decodeOne(raw json.RawMessage) (Request, *RPCError) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return Request{}, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: not an object.")
+	}
+	var r Request
+	if id, ok := obj["id"]; ok {
+		r.ID, r.HasID = id, true
+		switch firstByte(id) {
+		case '"', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		default:
+			r.ID = nil
+			return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: id must be a string, number or null.")
+		}
+	}
+	if v, ok := obj["jsonrpc"]; ok {
+		var s string
+		if json.Unmarshal(v, &s) != nil || s != "2.0" {
+			return r, rpcErr(CodeInvalidRequest, `Invalid JSON-RPC request: "jsonrpc" must be "2.0".`)
+		}
+	}
+	m, ok := obj["method"]
+	if !ok || json.Unmarshal(m, &r.Method) != nil || r.Method == "" {
+		r.Method = ""
+		return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: no method.")
+	}
+	p, ok := obj["params"]
+	switch {
+	case !ok || string(p) == "null":
+		r.Params = json.RawMessage("[]")
+	case firstByte(p) == '[' || firstByte(p) == '{':
+		r.Params = p
+	default:
+		return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: params must be a list or an object.")
+	}
+	return r, nil
+}
+
+func firstByte(b []byte) byte {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
+// falsy reports a JSON value Python considers false (the original leaves such ids out).
+func falsy(v json.RawMessage) bool {
+	b := bytes.TrimSpace(v)
+	switch string(b) {
+	case "", "null", "false", `""`, "[]", "{}":
+		return true
+	}
+	if firstByte(b) == '-' || (firstByte(b) >= '0' && firstByte(b) <= '9') {
+		f, err := strconv.ParseFloat(string(b), 64)
+		return err == nil && f == 0
+	}
+	return false
+}
+
+// EncodeResult encodes a success response.
+func EncodeResult(id json.RawMessage, result any) ([]byte, error) {
+	res, err := marshal(result)
+	if err != nil {
+		return nil, fmt.Errorf("encode result: %w", err)
+	}
+	var b bytes.Buffer
+	b.WriteString(`{"jsonrpc":"2.0","result":`)
+	b.Write(res)
+	b.WriteString(`,"id":`)
+	if len(id) == 0 {
+		b.WriteString("null")
+	} else {
+		b.Write(id)
+	}
+	b.WriteByte('}')
+	return Pythonize(b.Bytes()), nil
+}
+
+// EncodeError encodes an error response; the id is left out when it is falsy (as the original).
+func EncodeError(id json.RawMessage, e *RPCError) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"jsonrpc":"2.0","error":`)
+	if len(e.Raw) > 0 {
+		b.Write(e.Raw)
+	} else {
+		msg, _ := json.Marshal(e.Message)
+		b.WriteString(`{"code":` + strconv.Itoa(e.Code) + `,"message":`)
+		b.Write(msg)
+		b.WriteByte('}')
+	}
+	if !falsy(id) {
+		b.WriteString(`,"id":`)
+		b.Write(id)
+	}
+	b.WriteByte('}')
+	return Pythonize(b.Bytes())
+}
+
+// EncodeNotification encodes a notification (a request without id) as the PUB socket sends it.
+func EncodeNotification(method string, params any) ([]byte, error) {
+	p, err := marshal(params)
+	if err != nil {
+		return nil, fmt.Errorf("encode notification %s: %w", method, err)
+	}
+	m, _ := json.Marshal(method)
+	var b bytes.Buffer
+	b.WriteString(`{"jsonrpc":"2.0","method":`)
+	b.Write(m)
+	b.WriteString(`,"params":`)
+	b.Write(p)
+	b.WriteByte('}')
+	return Pythonize(b.Bytes()), nil
+}
+
+// nullReply is what a notification gets (a REQ peer needs a reply to stay in lockstep).
+var nullReply = []byte("null")
+
+func marshal(v any) ([]byte, error) {
+	if raw, ok := v.(json.RawMessage); ok {
+		if len(raw) == 0 {
+			return []byte("null"), nil
+		}
+		return raw, nil
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
+}
+
+// Pythonize rewrites valid JSON with the separators of Python's json.dumps (", " and ": ") and no
+// other whitespace, so replies look like the original broker's. Input that is not valid JSON is
+// returned unchanged.
+func Pythonize(in []byte) []byte {
+	out := make([]byte, 0, len(in)+len(in)/8)
+	inStr, esc := false, false
+	for _, c := range in {
+		if inStr {
+			out = append(out, c)
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		case '"':
+			inStr = true
+			out = append(out, c)
+		case ',':
+			out = append(out, ',', ' ')
+		case ':':
+			out = append(out, ':', ' ')
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// args binds positional or named params to parameter names. Named params must use those names
+// (extra names are refused unless extra is set); positional params fill them in order.
+type args map[string]json.RawMessage
+
+// bindParams binds params to names; min is the number of required leading names.
+func bindParams(params json.RawMessage, names []string, minArgs int, extra bool) (args, int, *RPCError) {
+	a := args{}
+	switch firstByte(params) {
+	case '[':
+		var list []json.RawMessage
+		if err := json.Unmarshal(params, &list); err != nil {
+			return nil, 0, rpcErr(CodeInvalidParams)
+		}
+		if len(list) > len(names) && !extra {
+			return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: at most %d expected, got %d.", len(names), len(list)))
+		}
+		for i, v := range list {
+			if i < len(names) {
+				a[names[i]] = v
+			}
+		}
+		if len(list) < minArgs {
+			return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %s required.", strings.Join(names[:minArgs], ", ")))
+		}
+		return a, len(list), nil
+	case '{':
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(params, &obj); err != nil {
+			return nil, 0, rpcErr(CodeInvalidParams)
+		}
+		known := map[string]bool{}
+		for _, n := range names {
+			known[n] = true
+		}
+		for k, v := range obj {
+			if !known[k] {
+				if extra {
+					continue
+				}
+				return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: unexpected %q.", k))
+			}
+			a[k] = v
+		}
+		for _, n := range names[:minArgs] {
+			if _, ok := a[n]; !ok {
+				return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q required.", n))
+			}
+		}
+		return a, -1, nil
+	}
+	return nil, 0, rpcErr(CodeInvalidParams)
+}
+
+// has reports whether name was given (a JSON null counts as not given).
+func (a args) has(name string) bool {
+	v, ok := a[name]
+	return ok && string(bytes.TrimSpace(v)) != "null"
+}
+
+// MaxID bounds client, node and task ids (bytes).
+const MaxID = 256
+
+// str reads a string param; absent or null gives "" and ok=true when optional.
+func (a args) str(name string, required bool) (string, *RPCError) {
+	v, ok := a[name]
+	if !ok || string(bytes.TrimSpace(v)) == "null" {
+		if required {
+			return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q required.", name))
+		}
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q must be a string.", name))
+	}
+	if len(s) > MaxID {
+		return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q longer than %d bytes.", name, MaxID))
+	}
+	if required && s == "" {
+		return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q is empty.", name))
+	}
+	return s, nil
+}
+
+// raw reads any JSON param ("null" when absent).
+func (a args) raw(name string) json.RawMessage {
+	v, ok := a[name]
+	if !ok {
+		return json.RawMessage("null")
+	}
+	return v
+}

@@ -1,0 +1,280 @@
+// Package ztclient is a minimal ZeroTask client in Go: a ZMTP 3.1 REQ socket (one JSON-RPC request
+// per frame, lockstep like pyzmq's) and a SUB socket for the broker's notifications. It exists for
+// jetbridge's tests and load generator; it speaks the same bytes as the original Python client.
+package ztclient
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jetbridge/jetbridge/adapters/zmtp"
+)
+
+// maxFrame bounds frames read from the broker.
+const maxFrame = 16 << 20
+
+// conn is one ZMTP connection after the handshake.
+type conn struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dial(ctx context.Context, addr, socketType string) (*conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	} else {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	cn := &conn{c: c, br: bufio.NewReaderSize(c, 64<<10)}
+	out := zmtp.AppendGreeting(nil, zmtp.Greeting{Major: 3, Minor: 1, Mechanism: zmtp.MechanismNull})
+	out = append(out, zmtp.ReadyFrame(zmtp.Metadata{{Name: zmtp.PropSocketType, Value: []byte(socketType)}})...)
+	if _, err := c.Write(out); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("greeting to %s: %w", addr, err)
+	}
+	g := make([]byte, zmtp.GreetingSize)
+	if _, err := io.ReadFull(cn.br, g); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("greeting from %s: %w", addr, err)
+	}
+	if _, err := zmtp.ParseGreeting(g); err != nil {
+		c.Close()
+		return nil, err
+	}
+	f, err := cn.readFrame()
+	if err != nil || !f.IsCommand() {
+		c.Close()
+		return nil, fmt.Errorf("ready from %s: %v", addr, err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return cn, nil
+}
+
+func (cn *conn) readFrame() (zmtp.Frame, error) {
+	h, err := cn.br.Peek(1)
+	if err != nil {
+		return zmtp.Frame{}, err
+	}
+	hdr := make([]byte, zmtp.FrameHeaderLen(h[0]))
+	if _, err := io.ReadFull(cn.br, hdr); err != nil {
+		return zmtp.Frame{}, err
+	}
+	fl, n, err := zmtp.ParseFrameHeader(hdr, maxFrame)
+	if err != nil {
+		return zmtp.Frame{}, err
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(cn.br, body); err != nil {
+		return zmtp.Frame{}, err
+	}
+	return zmtp.Frame{Flags: fl, Body: body}, nil
+}
+
+// readMessage reads one multipart message, answering PINGs on the way.
+func (cn *conn) readMessage(wmu *sync.Mutex) ([][]byte, error) {
+	var frames [][]byte
+	for {
+		f, err := cn.readFrame()
+		if err != nil {
+			return nil, err
+		}
+		if f.IsCommand() {
+			cmd, err := zmtp.ParseCommand(f.Body)
+			if err == nil && cmd.Name == zmtp.CmdPing {
+				if _, pctx, err := zmtp.ParsePing(cmd.Data); err == nil {
+					wmu.Lock()
+					_, _ = cn.c.Write(zmtp.PongFrame(pctx))
+					wmu.Unlock()
+				}
+			}
+			continue
+		}
+		frames = append(frames, f.Body)
+		if !f.More() {
+			return frames, nil
+		}
+	}
+}
+
+// Error is a JSON-RPC error returned by the broker.
+type Error struct {
+	Code    int             `json:"code"`
+	Message string          `json:"message"`
+	Data    json.RawMessage `json:"data,omitempty"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("zerotask error %d: %s", e.Code, e.Message) }
+
+// Req is a REQ socket: one request, then its reply.
+type Req struct {
+	cn  *conn
+	wmu sync.Mutex
+	mu  sync.Mutex
+	seq atomic.Uint64
+}
+
+// DialReq connects a REQ socket to the broker's ROUTER address.
+func DialReq(ctx context.Context, addr string) (*Req, error) {
+	cn, err := dial(ctx, addr, zmtp.TypeReq)
+	if err != nil {
+		return nil, err
+	}
+	return &Req{cn: cn}, nil
+}
+
+// Close closes the socket.
+func (r *Req) Close() error { return r.cn.c.Close() }
+
+// Roundtrip sends one frame and returns the reply frame (REQ lockstep).
+func (r *Req) Roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = r.cn.c.SetDeadline(dl)
+		defer r.cn.c.SetDeadline(time.Time{})
+	}
+	r.wmu.Lock()
+	_, err := r.cn.c.Write(zmtp.AppendMessage(nil, [][]byte{{}, frame}))
+	r.wmu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("send: %w", err)
+	}
+	msg, err := r.cn.readMessage(&r.wmu)
+	if err != nil {
+		return nil, fmt.Errorf("recv: %w", err)
+	}
+	if len(msg) != 2 || len(msg[0]) != 0 {
+		return nil, fmt.Errorf("reply of %d frames, not [\"\", body]", len(msg))
+	}
+	return msg[1], nil
+}
+
+// Call sends a request with a fresh id and decodes its result into out (when not nil). A
+// JSON-RPC error is returned as *Error.
+func (r *Req) Call(ctx context.Context, method string, params, out any) error {
+	id := fmt.Sprintf("go%d", r.seq.Add(1))
+	frame, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": params, "id": id})
+	if err != nil {
+		return err
+	}
+	rep, err := r.Roundtrip(ctx, frame)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		Result json.RawMessage `json:"result"`
+		Error  *Error          `json:"error"`
+		ID     string          `json:"id"`
+	}
+	if err := json.Unmarshal(rep, &resp); err != nil {
+		return fmt.Errorf("reply %q: %w", rep, err)
+	}
+	if resp.Error != nil {
+		return resp.Error
+	}
+	if resp.ID != id {
+		return fmt.Errorf("reply id %q, want %q", resp.ID, id)
+	}
+	if out != nil {
+		return json.Unmarshal(resp.Result, out)
+	}
+	return nil
+}
+
+// Notify sends a notification (no id); the broker answers null.
+func (r *Req) Notify(ctx context.Context, method string, params any) error {
+	frame, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": params})
+	if err != nil {
+		return err
+	}
+	rep, err := r.Roundtrip(ctx, frame)
+	if err != nil {
+		return err
+	}
+	if string(rep) != "null" {
+		return fmt.Errorf("notification answered %q, want null", rep)
+	}
+	return nil
+}
+
+// Sub is a SUB socket subscribed to everything.
+type Sub struct {
+	cn   *conn
+	wmu  sync.Mutex
+	C    <-chan []byte
+	done chan struct{}
+	once sync.Once
+}
+
+// DialSub connects a SUB socket to the broker's PUB address, subscribes to "" and delivers every
+// message's first frame on C (closed when the connection ends).
+func DialSub(ctx context.Context, addr string) (*Sub, error) {
+	cn, err := dial(ctx, addr, zmtp.TypeSub)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cn.c.Write(zmtp.SubscribeFrame(nil, false)); err != nil {
+		cn.c.Close()
+		return nil, err
+	}
+	ch := make(chan []byte, 1024)
+	s := &Sub{cn: cn, C: ch, done: make(chan struct{})}
+	go func() {
+		defer close(ch)
+		for {
+			msg, err := cn.readMessage(&s.wmu)
+			if err != nil {
+				return
+			}
+			select {
+			case ch <- msg[0]:
+			case <-s.done:
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+// Close closes the socket.
+func (s *Sub) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return s.cn.c.Close()
+}
+
+// Notification is a decoded notification from the PUB socket.
+type Notification struct {
+	Method string          `json:"method"`
+	Params json.RawMessage `json:"params"`
+}
+
+// Wait returns the first notification for which match returns true.
+func (s *Sub) Wait(ctx context.Context, match func(Notification) bool) (Notification, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return Notification{}, ctx.Err()
+		case raw, ok := <-s.C:
+			if !ok {
+				return Notification{}, errors.New("subscription closed")
+			}
+			var n Notification
+			if json.Unmarshal(raw, &n) == nil && match(n) {
+				return n, nil
+			}
+		}
+	}
+}

@@ -97,12 +97,13 @@ type testNode struct {
 	mu       sync.Mutex
 	handlers map[string]func(HandlerCall) (int, any)
 	calls    map[string][]HandlerCall
+	raw      map[string][][]byte
 	lambdas  map[string]func(json.RawMessage) (int, any)
 }
 
 func newNode(t *testing.T) *testNode {
 	n := &testNode{t: t, handlers: map[string]func(HandlerCall) (int, any){}, calls: map[string][]HandlerCall{},
-		lambdas: map[string]func(json.RawMessage) (int, any){}}
+		raw: map[string][][]byte{}, lambdas: map[string]func(json.RawMessage) (int, any){}}
 	n.srv = httptest.NewServer(http.HandlerFunc(n.serve))
 	t.Cleanup(n.srv.Close)
 	_, p, _ := net.SplitHostPort(n.srv.Listener.Addr().String())
@@ -121,6 +122,7 @@ func (n *testNode) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	body, _ := io.ReadAll(r.Body)
 	n.mu.Lock()
+	n.raw[r.URL.Path] = append(n.raw[r.URL.Path], body)
 	lam := n.lambdas[r.URL.Path]
 	h := n.handlers[r.URL.Path]
 	n.mu.Unlock()

@@ -193,6 +193,12 @@ func (a *Adapter) apiDeleteClient(c echo.Context) error {
 // kick closes the client's live connection wherever it is (a newer owner record makes the
 // holding pod close it).
 func (a *Adapter) kick(ctx context.Context, id, why string) {
+	a.mu.Lock()
+	local := a.byClient[id]
+	a.mu.Unlock()
+	if local != nil {
+		local.closeGraceful(why)
+	}
 	b, _ := jsonMarshal(Owner{Pod: "admin", Conn: "admin-" + why, Since: time.Now().UTC()})
 	rev, err := a.reg.state.Put(ctx, ownerKey(id), b)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -107,8 +108,14 @@ func decodeRecord(b []byte) (*Record, error) {
 
 func (r *Record) clone() *Record {
 	c := *r
-	c.Attempts = append([]Attempt(nil), r.Attempts...)
-	c.AdminLog = append([]AdminLog(nil), r.AdminLog...)
+	c.Attempts = slices.Clone(r.Attempts)
+	c.AdminLog = slices.Clone(r.AdminLog)
+	if c.Attempts == nil {
+		c.Attempts = []Attempt{}
+	}
+	if c.AdminLog == nil {
+		c.AdminLog = []AdminLog{}
+	}
 	if r.Claim != nil {
 		cl := *r.Claim
 		c.Claim = &cl

@@ -590,6 +590,9 @@ func (p *peer) writeLoop() {
 		select {
 		case <-p.done:
 			return
+		case <-p.l.closed:
+			p.close(ErrClosed)
+			return
 		case <-p.q.notify:
 		case <-tick:
 			if time.Since(time.Unix(0, p.lastRecv.Load())) > o.HeartbeatTimeout {

@@ -198,6 +198,8 @@ func (r *Router) deliver(p *peer, frames [][]byte) error {
 		return nil
 	case <-p.done:
 		return p.reasonOr(ErrClosed)
+	case <-r.l.closed:
+		return ErrClosed
 	}
 }
 

@@ -380,6 +380,24 @@ func TestRouterCloseClosesPeers(t *testing.T) {
 	}
 }
 
+// Close must not hang while peer readers wait on a full inbound queue.
+func TestRouterCloseWithFullInbound(t *testing.T) {
+	r := startRouter(t, Options{RecvHWM: 1})
+	p := mustPeer(t, r.Addr(), TypeDealer, nil)
+	for i := 0; i < 5; i++ {
+		_ = p.send([]byte("x"))
+	}
+	waitFor(t, "reader blocked on the full queue", func() bool { return len(r.in) == 1 })
+	done := make(chan error, 1)
+	go func() { done <- r.Close() }()
+	select {
+	case <-done:
+	case <-time.After(testIO):
+		t.Fatal("Close hangs")
+	}
+	expectClosed(t, p.c, p.br)
+}
+
 func TestRouterContextStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := Listen(ctx, "tcp://127.0.0.1:0", testOptions(Options{}))

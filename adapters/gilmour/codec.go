@@ -509,6 +509,25 @@ func DecodeSignalRequest(body []byte) (SignalRequest, error) {
 func DecodeEnvelope(b []byte) Envelope {
 	tb := bytes.TrimSpace(b)
 	if len(tb) > 0 && tb[0] == '{' {
+		// fast path: a well-typed envelope
+		var w struct {
+			Data   json.RawMessage `json:"data"`
+			Code   *float64        `json:"code"`
+			Sender *string         `json:"sender"`
+		}
+		if json.Unmarshal(tb, &w) == nil && (w.Data != nil || w.Code != nil || w.Sender != nil) {
+			env := Envelope{Data: w.Data, Code: 200}
+			if len(env.Data) == 0 {
+				env.Data = jsonNull
+			}
+			if w.Code != nil && *w.Code >= 1 && *w.Code < 1000 {
+				env.Code = int(*w.Code)
+			}
+			if w.Sender != nil {
+				env.Sender = *w.Sender
+			}
+			return env
+		}
 		var m map[string]json.RawMessage
 		if json.Unmarshal(tb, &m) == nil {
 			_, hasData := m["data"]

@@ -253,3 +253,12 @@ func startPod(t *testing.T, js *jetstream.Client, args ...string) *bridgetest.Po
 	t.Helper()
 	return bridgetest.Start(t, js, New(), append(append([]string{}, fastFlags...), args...)...)
 }
+
+// newHTTPTestServer serves h on loopback until the test ends and returns its port.
+func newHTTPTestServer(t testing.TB, h http.Handler) int {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	_, p, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	port, _ := strconv.Atoi(p)
+	return port
+}

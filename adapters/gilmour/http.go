@@ -148,6 +148,10 @@ func (a *Adapter) deleteNode(c echo.Context) error {
 	if err := a.reg.remove(ctx, id); err != nil {
 		return a.fail(c, "delete_node", err)
 	}
+	a.mu.Lock()
+	delete(a.nodes, id) // the watch confirms it; publish routes of this pod stop at once
+	a.mu.Unlock()
+	a.reconcile()
 	a.dropConsumers(ctx, id, rec.Slots)
 	a.met.nodeEvent("deleted")
 	return statusOf(c, http.StatusOK, "ok")
@@ -264,7 +268,7 @@ func (a *Adapter) removeSubs(c echo.Context, service bool) error {
 func (a *Adapter) request(c echo.Context) error {
 	start := time.Now()
 	ctx, cancel := a.opCtx(c)
-	rec, err := a.reg.get(ctx, c.Param("id"))
+	rec, err := a.lookup(ctx, c.Param("id"))
 	cancel()
 	if err != nil {
 		return a.fail(c, "request", err)
@@ -340,7 +344,7 @@ func httpStatus(code int) int {
 func (a *Adapter) signal(c echo.Context) error {
 	ctx, cancel := a.opCtx(c)
 	defer cancel()
-	if _, err := a.reg.get(ctx, c.Param("id")); err != nil {
+	if _, err := a.lookup(ctx, c.Param("id")); err != nil {
 		return a.fail(c, "signal", err)
 	}
 	b, err := a.body(c)
@@ -358,4 +362,16 @@ func (a *Adapter) signal(c echo.Context) error {
 	}
 	a.met.signal(sr.Topic, "published", 0)
 	return statusOf(c, http.StatusOK, "ok")
+}
+
+// lookup finds a node for the publish routes: this pod's view of the registry first (kept by the
+// KV watch), then KV itself (a node registered through another pod a moment ago).
+func (a *Adapter) lookup(ctx context.Context, id string) (nodeRecord, error) {
+	a.mu.Lock()
+	rec, ok := a.nodes[id]
+	a.mu.Unlock()
+	if ok {
+		return rec, nil
+	}
+	return a.reg.get(ctx, id)
 }

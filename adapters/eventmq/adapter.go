@@ -369,4 +369,3 @@ func (a *Adapter) Stop() error {
 	})
 	return nil
 }
-

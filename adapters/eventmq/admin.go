@@ -16,8 +16,8 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream"
 )
 
-// onAdmin answers emq-cli on the administrative socket: ['', eMQP/1.0, CMD, admin:uuid] →
-// ['', eMQP/1.0, REPLY, id, json]; DISCONNECT → ACK, then KBYE to every worker and scheduler.
+// onAdmin answers emq-cli on the administrative socket: [”, eMQP/1.0, CMD, admin:uuid] →
+// [”, eMQP/1.0, REPLY, id, json]; DISCONNECT → ACK, then KBYE to every worker and scheduler.
 func (a *Adapter) onAdmin(zm zmtp.Message) {
 	m, err := Parse(zm.Frames)
 	if err != nil {

@@ -70,7 +70,7 @@ var (
 	ErrField    = errors.New("eventmq: bad field")
 )
 
-// Message is one eMQP message without the routing id: ['', 'eMQP/1.0', Command, MsgID, Body...].
+// Message is one eMQP message without the routing id: [”, 'eMQP/1.0', Command, MsgID, Body...].
 type Message struct {
 	Command string
 	MsgID   string
@@ -234,7 +234,7 @@ func ParseHeaders(s string) (Headers, error) {
 	return h, nil
 }
 
-// Request is a REQUEST: ['', eMQP/1.0, REQUEST, msgid, queue, headers, payload].
+// Request is a REQUEST: [”, eMQP/1.0, REQUEST, msgid, queue, headers, payload].
 type Request struct {
 	MsgID   string
 	Queue   string
@@ -280,7 +280,7 @@ func (q QueueWeight) MarshalJSON() ([]byte, error) {
 	return json.Marshal([]any{q.Weight, q.Name})
 }
 
-// Inform is an INFORM: ['', eMQP/1.0, INFORM, msgid, queues, type].
+// Inform is an INFORM: [”, eMQP/1.0, INFORM, msgid, queues, type].
 type Inform struct {
 	MsgID  string
 	Queues []QueueWeight
@@ -345,7 +345,7 @@ func ParseQueues(b []byte) ([]QueueWeight, error) {
 	return out, nil
 }
 
-// WorkerReply is a worker's job result: ['', eMQP/1.0, REPLY, msgid, json({"value": ret}), request msgid].
+// WorkerReply is a worker's job result: [”, eMQP/1.0, REPLY, msgid, json({"value": ret}), request msgid].
 type WorkerReply struct {
 	MsgID        string
 	Result       []byte
@@ -364,7 +364,7 @@ func ParseWorkerReply(m Message) (WorkerReply, error) {
 }
 
 // Schedule is a SCHEDULE or UNSCHEDULE:
-// ['', eMQP/1.0, SCHEDULE, msgid, queue, headers, interval_secs, payload, cron].
+// [”, eMQP/1.0, SCHEDULE, msgid, queue, headers, interval_secs, payload, cron].
 type Schedule struct {
 	MsgID    string
 	Queue    string
@@ -410,7 +410,7 @@ func ParseSchedule(m Message) (Schedule, error) {
 	return Schedule{MsgID: m.MsgID, Queue: q, Headers: h, Interval: iv, Payload: m.Body[3], Cron: string(m.Body[4])}, nil
 }
 
-// Publish is a PUBLISH to the publisher device: ['', eMQP/1.0, PUBLISH, msgid, topic, json(msg)].
+// Publish is a PUBLISH to the publisher device: [”, eMQP/1.0, PUBLISH, msgid, topic, json(msg)].
 type Publish struct {
 	MsgID string
 	Topic string

@@ -218,7 +218,7 @@ func (b *Broker) call(ctx context.Context, c caller, r Request, derr *RPCError) 
 	}
 	b.m.request(name, code)
 	b.m.latency(name, time.Since(start))
-	if rerr != nil && rerr.Code == CodeInternal {
+	if rerr != nil && rerr.Code == CodeInternal && len(rerr.Raw) == 0 {
 		b.log.Warn("zerotask request failed", "method", name, "err", rerr.Message)
 	}
 	if r.Notification() {
@@ -970,7 +970,7 @@ func (b *Broker) deleteOwned(ctx context.Context, kv *jetstream.KV, id, hexConn 
 	if json.Unmarshal(e.Value, &p) != nil || p.Pod != b.pod || p.Conn != hexConn {
 		return
 	}
-	if err := kv.Delete(ctx, key(id), e.Revision); err != nil && !errors.Is(err, jetstream.ErrConflict) {
+	if err := kv.Delete(ctx, key(id), e.Revision); err != nil && !errors.Is(err, jetstream.ErrConflict) && ctx.Err() == nil {
 		b.log.Warn("zerotask: drop record", "id", id, "err", err)
 	}
 }

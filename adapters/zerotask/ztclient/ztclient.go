@@ -118,12 +118,16 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("zerotask error %d: %s", e.Code, e.Message) }
 
-// Req is a REQ socket: one request, then its reply.
+// Req is a REQ socket: one request, then its reply. A reader goroutine answers the broker's
+// PINGs while the socket is idle.
 type Req struct {
-	cn  *conn
-	wmu sync.Mutex
-	mu  sync.Mutex
-	seq atomic.Uint64
+	cn      *conn
+	wmu     sync.Mutex
+	mu      sync.Mutex
+	seq     atomic.Uint64
+	replies chan [][]byte
+	done    chan struct{}
+	once    sync.Once
 }
 
 // DialReq connects a REQ socket to the broker's ROUTER address.
@@ -132,29 +136,51 @@ func DialReq(ctx context.Context, addr string) (*Req, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Req{cn: cn}, nil
+	r := &Req{cn: cn, replies: make(chan [][]byte, 1), done: make(chan struct{})}
+	go func() {
+		defer close(r.replies)
+		for {
+			msg, err := cn.readMessage(&r.wmu)
+			if err != nil {
+				return
+			}
+			select {
+			case r.replies <- msg:
+			case <-r.done:
+				return
+			}
+		}
+	}()
+	return r, nil
 }
 
 // Close closes the socket.
-func (r *Req) Close() error { return r.cn.c.Close() }
+func (r *Req) Close() error {
+	r.once.Do(func() { close(r.done) })
+	return r.cn.c.Close()
+}
 
 // Roundtrip sends one frame and returns the reply frame (REQ lockstep).
 func (r *Req) Roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = r.cn.c.SetDeadline(dl)
-		defer r.cn.c.SetDeadline(time.Time{})
-	}
 	r.wmu.Lock()
 	_, err := r.cn.c.Write(zmtp.AppendMessage(nil, [][]byte{{}, frame}))
 	r.wmu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
-	msg, err := r.cn.readMessage(&r.wmu)
-	if err != nil {
-		return nil, fmt.Errorf("recv: %w", err)
+	var msg [][]byte
+	select {
+	case m, ok := <-r.replies:
+		if !ok {
+			return nil, fmt.Errorf("recv: %w", io.EOF)
+		}
+		msg = m
+	case <-ctx.Done():
+		// The reply may still come: this socket is out of step now, as a REQ socket would be.
+		r.Close()
+		return nil, fmt.Errorf("recv: %w", ctx.Err())
 	}
 	if len(msg) != 2 || len(msg[0]) != 0 {
 		return nil, fmt.Errorf("reply of %d frames, not [\"\", body]", len(msg))

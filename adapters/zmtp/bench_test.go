@@ -74,7 +74,7 @@ func BenchmarkRouterRoundTripGo(b *testing.B) {
 // testdata/load.py) <-> Go Router echo; msgs/s as measured by the client.
 func BenchmarkRouterRoundTripPyzmq(b *testing.B) {
 	for _, c := range []struct {
-		name           string
+		name          string
 		peers, window int
 	}{{"1peer_lockstep", 1, 1}, {"1peer_window100", 1, 100}, {"10peers_window50", 10, 50}} {
 		b.Run(c.name, func(b *testing.B) {

@@ -76,7 +76,7 @@ type listener struct {
 	hooks  socketHooks
 	closed chan struct{}
 	once   sync.Once
-	stop   func() bool
+	stop   func() bool // unregisters the context's AfterFunc; guarded by mu
 	wg     sync.WaitGroup
 	events chan PeerEvent
 	nextID atomic.Uint32
@@ -128,11 +128,19 @@ func newListener(ctx context.Context, addr string, opts Options, hooks socketHoo
 	var seed [4]byte
 	_, _ = rand.Read(seed[:])
 	l.nextID.Store(binary.BigEndian.Uint32(seed[:]))
-	l.stop = context.AfterFunc(ctx, func() { _ = l.close() })
+	return l, nil
+}
+
+// start launches the accept loop; the socket must be fully wired to l
+// (its hooks may be called from now on).
+func (l *listener) start(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() { _ = l.close() })
+	l.mu.Lock()
+	l.stop = stop
+	l.mu.Unlock()
 	l.wg.Add(1)
 	go l.acceptLoop()
-	l.log.Info("zmtp listening", "addr", ln.Addr().String())
-	return l, nil
+	l.log.Info("zmtp listening", "addr", l.ln.Addr().String())
 }
 
 func (l *listener) acceptLoop() {
@@ -173,7 +181,12 @@ func (l *listener) acceptLoop() {
 func (l *listener) close() error {
 	var err error
 	l.once.Do(func() {
-		l.stop()
+		l.mu.Lock()
+		stop := l.stop
+		l.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 		close(l.closed)
 		err = l.ln.Close()
 		l.mu.Lock()

@@ -27,6 +27,7 @@ func ListenPub(ctx context.Context, addr string, opts Options) (*Pub, error) {
 		return nil, err
 	}
 	p.l = l
+	l.start(ctx)
 	return p, nil
 }
 

@@ -64,6 +64,7 @@ func Listen(ctx context.Context, addr string, opts Options) (*Router, error) {
 		return nil, err
 	}
 	r.l = l
+	l.start(ctx)
 	return r, nil
 }
 

@@ -288,12 +288,12 @@ func TestInteropHeartbeats(t *testing.T) {
 	r := startRouter(t, Options{Registerer: reg, Name: "hb"})
 	go echo(r, nil)
 	d.socket("hb", "DEALER", r.Addr().String(), "hb", map[string]int{
-		"HEARTBEAT_IVL": 100, "HEARTBEAT_TTL": 1000, "HEARTBEAT_TIMEOUT": 300,
+		"HEARTBEAT_IVL": 100, "HEARTBEAT_TTL": 2000, "HEARTBEAT_TIMEOUT": 500,
 	})
 	d.send("hb", "before")
 	d.mustRecv("hb", "before")
-	// Control frames out = PONGs. Wait for at least 8 heartbeat periods;
-	// without PONGs libzmq would drop the connection after 300 ms.
+	// Control frames out = PONGs. Wait for at least 15 heartbeat periods;
+	// without PONGs libzmq would drop the connection after 500 ms.
 	connected := 0
 	drain := func() {
 		for len(r.Events()) > 0 {
@@ -304,10 +304,10 @@ func TestInteropHeartbeats(t *testing.T) {
 			connected++
 		}
 	}
-	waitFor(t, "8 PONGs", func() bool {
+	waitFor(t, "15 PONGs", func() bool {
 		drain()
 		return metricValue(t, reg, "jetbridge_zmtp_frames_out_total", "hb")-
-			metricValue(t, reg, "jetbridge_zmtp_messages_out_total", "hb") >= 8
+			metricValue(t, reg, "jetbridge_zmtp_messages_out_total", "hb") >= 15
 	})
 	d.send("hb", "after")
 	d.mustRecv("hb", "after")

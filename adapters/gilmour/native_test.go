@@ -34,6 +34,11 @@ func TestNATSNativeService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer teapot.Unsubscribe()
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	if err := nc.Flush(fctx); err != nil { // the subscriptions reached the server
+		t.Fatal(err)
+	}
 
 	n := newNode(t)
 	n.handle("/svc", echoHandler("http"))

@@ -148,6 +148,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		a.cfg.FreshnessFlush = time.Second
 	}
 	a.m = newMetrics(env.Registry)
+	a.m.resolve(env.Metrics)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -171,10 +172,9 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		if err != nil {
 			return fmt.Errorf("sink: development certificates: %w", err)
 		}
+		// The development CA only issues the development certificates: client certificates are
+		// not chain-verified (none is configured), the fingerprint registry alone decides.
 		certFile, keyFile = d.Server, d.ServerKey
-		if clientCA == "" {
-			clientCA = d.CA
-		}
 		if err := a.reg.addClient(sctx, ClientRecord{ID: DevClientID, Fingerprint: d.ClientFingerprint, CN: d.CN}); err != nil && !errors.Is(err, jetstream.ErrExists) {
 			return fmt.Errorf("sink: register development client: %w", err)
 		}
@@ -410,6 +410,30 @@ type metrics struct {
 	acks       *prometheus.CounterVec
 	inflight   *prometheus.GaugeVec
 	unknownIDs prometheus.Counter
+
+	// resolved children of the hot paths
+	inflightIn, inflightOut  prometheus.Gauge
+	ackIn, nackIn            prometheus.Counter
+	ackOut, nackOut          prometheus.Counter
+	msgIn                    [16]prometheus.Counter
+	outAck, outNack, outPong prometheus.Counter
+	outPublish, outResponse  prometheus.Counter
+	latPublish               prometheus.Observer
+}
+
+func (m *metrics) resolve(shared *bridge.Metrics) {
+	m.inflightIn, m.inflightOut = m.inflight.WithLabelValues("in"), m.inflight.WithLabelValues("out")
+	m.ackIn, m.nackIn = m.acks.WithLabelValues("in", "ack"), m.acks.WithLabelValues("in", "nack")
+	m.ackOut, m.nackOut = m.acks.WithLabelValues("out", "ack"), m.acks.WithLabelValues("out", "nack")
+	for i := range m.msgIn {
+		m.msgIn[i] = shared.MessagesIn.WithLabelValues("sink", MsgType(i).String())
+	}
+	m.outAck = shared.MessagesOut.WithLabelValues("sink", "ack")
+	m.outNack = shared.MessagesOut.WithLabelValues("sink", "nack")
+	m.outPong = shared.MessagesOut.WithLabelValues("sink", "pong")
+	m.outPublish = shared.MessagesOut.WithLabelValues("sink", "publish")
+	m.outResponse = shared.MessagesOut.WithLabelValues("sink", "connection_response")
+	m.latPublish = shared.Latency.WithLabelValues("sink", "publish")
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {

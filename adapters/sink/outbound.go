@@ -155,7 +155,7 @@ func (o *outbound) giveBack() {
 	for _, seq := range seqs {
 		_ = jobs[seq].Retry(0)
 	}
-	o.s.a.m.inflight.WithLabelValues("out").Sub(float64(len(o.inflight)))
+	o.s.a.m.inflightOut.Sub(float64(len(o.inflight)))
 	o.held, o.inflight = map[uint64]*outItem{}, map[uint16]*outItem{}
 }
 
@@ -280,8 +280,8 @@ func (o *outbound) send(it *outItem, kq *keyQueue) {
 	it.id = id
 	o.inflight[id] = it
 	kq.busy = true
-	o.s.a.m.inflight.WithLabelValues("out").Inc()
-	o.s.sendOut(f, "publish")
+	o.s.a.m.inflightOut.Inc()
+	o.s.sendOut(f, o.s.a.m.outPublish)
 }
 
 func (o *outbound) result(r ackResult) {
@@ -293,7 +293,7 @@ func (o *outbound) result(r ackResult) {
 	}
 	delete(o.inflight, r.id)
 	delete(o.held, it.job.Sequence)
-	a.m.inflight.WithLabelValues("out").Dec()
+	a.m.inflightOut.Dec()
 	if r.ack {
 		j := it.job
 		o.wg.Add(1)

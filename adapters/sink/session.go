@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/jetbridge/jetbridge/jetstream"
 )
 
@@ -36,14 +38,20 @@ type session struct {
 	remote   string
 	log      *slog.Logger
 
-	out      chan []byte // frames for the writer, closed once all senders are gone
 	ctx      context.Context
-	cancel   context.CancelFunc // kills the connection (writer and senders stop at once)
+	cancel   context.CancelFunc // kills the connection (senders stop at once)
 	inWG     sync.WaitGroup     // inbound publishes being written
 	sem      chan struct{}
+	work     chan pubJob  // inbound publishes for the workers
+	idle     atomic.Int32 // workers waiting for work
 	ownerRev atomic.Uint64
 
+	wmu    sync.Mutex // guards w and broken
+	w      *bufio.Writer
+	broken bool
+
 	handshaken bool      // reader goroutine only
+	workers    int       // reader goroutine only
 	ob         *outbound // reader goroutine only; set after a successful handshake
 
 	closeOnce sync.Once
@@ -81,7 +89,8 @@ func (a *Adapter) serve(raw net.Conn) {
 	}
 	s := &session{a: a, conn: conn, clientID: clientID, remote: raw.RemoteAddr().String(),
 		connID: a.env.PodID + "-" + strconv.FormatUint(a.connSeq.Add(1), 10),
-		out:    make(chan []byte, 256), sem: make(chan struct{}, a.cfg.MaxInflight)}
+		sem:    make(chan struct{}, a.cfg.MaxInflight), work: make(chan pubJob, a.cfg.MaxInflight)}
+	s.w = bufio.NewWriterSize(conn, 16<<10)
 	s.ctx, s.cancel = context.WithCancel(a.ctx)
 	s.log = a.log.With("client", clientID, "conn", s.connID)
 	a.mu.Lock()
@@ -121,20 +130,19 @@ func (a *Adapter) authenticate(der []byte, cn string) (string, error) {
 }
 
 func (s *session) run() {
-	var writerWG sync.WaitGroup
-	writerWG.Add(1)
-	go func() { defer writerWG.Done(); s.writer() }()
-
 	s.readLoop()
 
-	// Graceful end: let inbound writes finish (their ACKs are queued), give held outbound events
-	// back, flush what is queued for the peer, then close.
+	// Graceful end: let inbound writes finish (their ACKs are written), give held outbound events
+	// back, flush, then close.
+	close(s.work)
 	s.inWG.Wait()
 	if s.ob != nil {
 		s.ob.stop()
 	}
-	close(s.out)
-	writerWG.Wait()
+	s.wmu.Lock()
+	s.broken = true
+	_ = s.w.Flush()
+	s.wmu.Unlock()
 	_ = s.conn.Close()
 	s.cancel()
 	r, _ := s.reason.Load().(string)
@@ -157,38 +165,34 @@ func (s *session) kill() {
 
 func (s *session) setReason(r string) { s.closeOnce.Do(func() { s.reason.Store(r) }) }
 
-// send queues a frame for the writer; false when the connection is going away.
+// send writes a frame to the peer; false when the connection is going away. Concurrent senders
+// combine their flushes: whoever takes the lock after writing flushes everything buffered.
 func (s *session) send(f []byte) bool {
-	select {
-	case s.out <- f:
-		return true
-	case <-s.ctx.Done():
+	s.wmu.Lock()
+	if s.broken {
+		s.wmu.Unlock()
 		return false
 	}
-}
-
-func (s *session) writer() {
-	w := bufio.NewWriterSize(s.conn, 16<<10)
-	broken := false
-	for f := range s.out {
-		if broken {
-			continue
+	err := WriteFrame(s.w, f)
+	s.wmu.Unlock()
+	if err == nil {
+		s.wmu.Lock()
+		if s.w.Buffered() > 0 && !s.broken {
+			_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			err = s.w.Flush()
 		}
-		_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		err := WriteFrame(w, f)
-		if err == nil && len(s.out) == 0 {
-			err = w.Flush()
-		}
-		if err != nil {
-			broken = true
-			s.setReason("write: " + err.Error())
-			s.cancel()
-			_ = s.conn.Close()
-		}
+		s.wmu.Unlock()
 	}
-	if !broken {
-		_ = w.Flush()
+	if err != nil {
+		s.wmu.Lock()
+		s.broken = true
+		s.wmu.Unlock()
+		s.setReason("write: " + err.Error())
+		s.cancel()
+		_ = s.conn.Close()
+		return false
 	}
+	return true
 }
 
 func (s *session) readLoop() {
@@ -223,7 +227,7 @@ func (s *session) handle(f []byte) bool {
 	a := s.a
 	m, err := Decode(f)
 	if len(f) > 0 {
-		a.env.Metrics.MessagesIn.WithLabelValues("sink", m.Type.String()).Inc()
+		a.m.msgIn[m.Type&15].Inc()
 	}
 	switch {
 	case errors.Is(err, ErrEmptyFrame):
@@ -256,7 +260,7 @@ func (s *session) handle(f []byte) bool {
 		if err != nil {
 			a.env.Metrics.Errors.WithLabelValues("sink", "malformed").Inc()
 		}
-		s.sendOut(AppendPong(nil), "pong")
+		s.sendOut(AppendPong(nil), a.m.outPong)
 		return true
 	case TypePong:
 		return true
@@ -264,7 +268,7 @@ func (s *session) handle(f []byte) bool {
 		if err != nil {
 			a.env.Metrics.Errors.WithLabelValues("sink", "malformed").Inc()
 		}
-		a.m.acks.WithLabelValues("in", "ack").Inc()
+		a.m.ackIn.Inc()
 		if s.ob == nil || !s.ob.deliverResult(ackResult{id: m.ID, ack: true}) {
 			a.m.unknownIDs.Inc()
 		}
@@ -275,7 +279,7 @@ func (s *session) handle(f []byte) bool {
 			a.env.Metrics.Errors.WithLabelValues("sink", "malformed").Inc()
 			m.Machine, m.Human = nil, f[2:]
 		}
-		a.m.acks.WithLabelValues("in", "nack").Inc()
+		a.m.nackIn.Inc()
 		if s.ob == nil || !s.ob.deliverResult(ackResult{id: m.ID, machine: bytes.Clone(m.Machine), human: bytes.Clone(m.Human)}) {
 			a.m.unknownIDs.Inc()
 		}
@@ -296,16 +300,20 @@ func (s *session) handle(f []byte) bool {
 			return false
 		}
 		s.inWG.Add(1)
-		a.m.inflight.WithLabelValues("in").Inc()
-		go s.ingest(m.ID, m.Event)
+		a.m.inflightIn.Inc()
+		s.work <- pubJob{id: m.ID, ev: m.Event}
+		if s.idle.Load() == 0 && s.workers < cap(s.sem) {
+			s.workers++
+			go s.worker()
+		}
 		return true
 	}
 	return true
 }
 
-func (s *session) sendOut(f []byte, typ string) {
+func (s *session) sendOut(f []byte, c prometheus.Counter) {
 	if s.send(f) {
-		s.a.env.Metrics.MessagesOut.WithLabelValues("sink", typ).Inc()
+		c.Inc()
 	}
 }
 
@@ -314,8 +322,8 @@ func (s *session) nack(id uint16, machine, human string) {
 	if err != nil {
 		f, _ = AppendNack(nil, id, []byte(machine), nil)
 	}
-	s.a.m.acks.WithLabelValues("out", "nack").Inc()
-	s.sendOut(f, "nack")
+	s.a.m.nackOut.Inc()
+	s.sendOut(f, s.a.m.outNack)
 }
 
 func (s *session) respond(r ConnectionResponse, result string) {
@@ -325,7 +333,7 @@ func (s *session) respond(r ConnectionResponse, result string) {
 		f, _ = AppendConnectionResponse(nil, r)
 	}
 	s.a.m.handshakes.WithLabelValues(result).Inc()
-	s.sendOut(f, "connection_response")
+	s.sendOut(f, s.a.m.outResponse)
 }
 
 // handshake checks, in the order of the Decisions: protocol version, application version,
@@ -418,14 +426,32 @@ func (s *session) mismatch(req ConnectionRequest, rec ClientRecord) bool {
 	return false
 }
 
+type pubJob struct {
+	id uint16
+	ev Event
+}
+
+// worker writes inbound events. Workers are started when every existing one is busy and live as
+// long as the connection, so a connection never starts a goroutine per event (at most
+// --sink-max-inflight workers).
+func (s *session) worker() {
+	for {
+		s.idle.Add(1)
+		j, ok := <-s.work
+		s.idle.Add(-1)
+		if !ok {
+			return
+		}
+		s.ingest(j.id, j.ev)
+		<-s.sem
+		s.a.m.inflightIn.Dec()
+		s.inWG.Done()
+	}
+}
+
 // ingest writes one inbound event to JetStream and answers ACK only after JetStream's ack.
 func (s *session) ingest(id uint16, ev Event) {
 	a := s.a
-	defer func() {
-		<-s.sem
-		a.m.inflight.WithLabelValues("in").Dec()
-		s.inWG.Done()
-	}()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
@@ -462,7 +488,7 @@ func (s *session) ingest(id uint16, ev Event) {
 	}
 	a.noteFreshness(s.clientID, ev.TypeID, ev.Timestamp)
 	f, _ := AppendAck(nil, id)
-	a.m.acks.WithLabelValues("out", "ack").Inc()
-	s.sendOut(f, "ack")
-	a.env.Metrics.Latency.WithLabelValues("sink", "publish").Observe(time.Since(start).Seconds())
+	a.m.ackOut.Inc()
+	s.sendOut(f, a.m.outAck)
+	a.m.latPublish.Observe(time.Since(start).Seconds())
 }

@@ -131,7 +131,7 @@ func (p *pyPeers) dealer(name, addr string) {
 	p.do(map[string]any{"op": "dealer", "name": name, "addr": tcp(addr)})
 }
 
-// emqp sends ['', eMQP/1.0, command, uuid4, body...] and returns the msgid.
+// emqp sends [”, eMQP/1.0, command, uuid4, body...] and returns the msgid.
 func (p *pyPeers) emqp(name, command string, body ...string) string {
 	if body == nil {
 		body = []string{}

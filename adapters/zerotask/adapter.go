@@ -7,12 +7,12 @@
 package zerotask
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -42,13 +42,15 @@ type Adapter struct {
 	recvStop  context.CancelFunc // the ZeroMQ receive loop; cancelled by Drain
 	recvCtx   context.Context
 	wg        sync.WaitGroup // loops
-	reqWG     sync.WaitGroup // requests in flight
+	reqWG     sync.WaitGroup // HTTP and NATS requests in flight
+	zmqWG     sync.WaitGroup // ZeroMQ request workers
+	drainMu   sync.RWMutex
 	sem       chan struct{}
 	kick      chan struct{}
 	rpcSub    *jetstream.Subscription
 	eventSub  *jetstream.Subscription
 	stopWatch func()
-	draining  atomic.Bool
+	draining  bool // under drainMu
 	stopOnce  sync.Once
 }
 
@@ -152,8 +154,12 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	a.loop(a.cfg.NodeTimeout/4, a.b.refresh)
 	a.loop(a.cfg.NodeTimeout/2, a.b.sweep)
-	a.wg.Add(1)
+	a.wg.Add(2)
 	go a.reannouncer()
+	go func() {
+		defer a.wg.Done()
+		a.b.runFetched(a.ctx)
+	}()
 	return nil
 }
 
@@ -168,8 +174,11 @@ func (a *Adapter) startSockets() error {
 		}
 		a.router = r
 		a.b.connected = func(conn string) bool { return r.Connected([]byte(conn)) }
-		a.wg.Add(2)
-		go a.recvLoop()
+		for range a.maxInFlight {
+			a.zmqWG.Add(1)
+			go a.recvLoop()
+		}
+		a.wg.Add(1)
 		go a.routerEvents()
 	}
 	if ln := a.env.Listeners["zerotask-pub"]; ln != nil {
@@ -197,8 +206,10 @@ func (a *Adapter) startNATS(ctx context.Context) error {
 	js := a.env.JS
 	if a.pub != nil {
 		sub, err := js.Subscribe(js.Subject("zerotask", "events", "*"), "", func(m *jetstream.Msg) {
-			if _, err := a.pub.Publish(m.Data); err == nil && a.env.Metrics != nil {
-				a.env.Metrics.MessagesOut.WithLabelValues(protocol, "notification").Inc()
+			a.forward(m.Data)
+			if bytes.HasPrefix(m.Data, taskReadyPrefix) {
+				// The spec's name for the same notification, for nodes written against the spec.
+				a.forward(append(append([]byte(nil), brokerNewTaskPrefix...), m.Data[len(taskReadyPrefix):]...))
 			}
 		})
 		if err != nil {
@@ -242,8 +253,25 @@ func (a *Adapter) startNATS(ctx context.Context) error {
 	return nil
 }
 
-// acquire takes a request slot (waiting while maxInFlight requests run); false once stopping.
+var (
+	taskReadyPrefix     = []byte(`{"jsonrpc": "2.0", "method": "` + eventMethods[evTaskReady] + `", `)
+	brokerNewTaskPrefix = []byte(`{"jsonrpc": "2.0", "method": "` + eventMethods[evBrokerNewTask] + `", `)
+)
+
+// forward sends a notification frame to this pod's PUB subscribers.
+func (a *Adapter) forward(frame []byte) {
+	if _, err := a.pub.Publish(frame); err == nil && a.env.Metrics != nil {
+		a.env.Metrics.MessagesOut.WithLabelValues(protocol, "notification").Inc()
+	}
+}
+
+// acquire takes a request slot (waiting while maxInFlight requests run); false once draining.
 func (a *Adapter) acquire() bool {
+	a.drainMu.RLock()
+	defer a.drainMu.RUnlock()
+	if a.draining {
+		return false
+	}
 	select {
 	case a.sem <- struct{}{}:
 		a.reqWG.Add(1)
@@ -258,20 +286,15 @@ func (a *Adapter) release() {
 	a.reqWG.Done()
 }
 
+// recvLoop is one of maxInFlight ZeroMQ request workers.
 func (a *Adapter) recvLoop() {
-	defer a.wg.Done()
+	defer a.zmqWG.Done()
 	for {
 		m, err := a.router.Recv(a.recvCtx)
 		if err != nil {
 			return
 		}
-		if !a.acquire() {
-			return
-		}
-		go func() {
-			defer a.release()
-			a.serveZMQ(m)
-		}()
+		a.serveZMQ(m)
 	}
 }
 
@@ -364,14 +387,18 @@ func (a *Adapter) Drain(ctx context.Context) error {
 	if a.ctx == nil {
 		return nil
 	}
-	a.draining.Store(true)
+	a.drainMu.Lock()
+	a.draining = true
+	a.drainMu.Unlock()
 	if a.rpcSub != nil {
 		_ = a.rpcSub.Unsubscribe()
 	}
 	a.recvStop()
 	done := make(chan struct{})
 	go func() {
+		a.zmqWG.Wait()
 		a.reqWG.Wait()
+		a.b.flushFetched(ctx)
 		close(done)
 	}()
 	select {
@@ -410,6 +437,10 @@ func (a *Adapter) shutdown() {
 			_ = a.pub.Close()
 		}
 		a.wg.Wait()
+		a.zmqWG.Wait()
+		a.drainMu.Lock()
+		a.draining = true
+		a.drainMu.Unlock()
 		a.reqWG.Wait()
 	})
 }

@@ -77,6 +77,9 @@ type Broker struct {
 	// reannounce asks for the waiting tasks to be announced again (a node just connected).
 	reannounce func()
 
+	// fetched queues results to mark fetched (their expiry starts) off the reply path.
+	fetched chan fetchItem
+
 	mu    sync.Mutex
 	conns map[string]*connState  // routing id → what was registered over it
 	nodeL map[string]*localEntry // node id → local registration
@@ -103,7 +106,7 @@ func newBroker(cfg Config, js *jetstream.Client, log *slog.Logger, pod string, m
 		connected:  func(string) bool { return false },
 		reannounce: func() {},
 		conns:      map[string]*connState{}, nodeL: map[string]*localEntry{}, cliL: map[string]*localEntry{},
-		cache: taskCache{max: 100000, m: map[string]cachedTask{}}}
+		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096)}
 }
 
 func (b *Broker) open(ctx context.Context) error {
@@ -406,8 +409,12 @@ func (b *Broker) clientTaskResult(ctx context.Context, c caller, params json.Raw
 		return nil, rpcErr(CodeNotComplete)
 	}
 	if t.Fetched == nil {
-		if err := b.markFetched(ctx, t, rev); err != nil {
-			return nil, internal(err)
+		select {
+		case b.fetched <- fetchItem{t, rev}:
+		default:
+			if err := b.markFetched(ctx, t, rev); err != nil {
+				return nil, internal(err)
+			}
 		}
 	}
 	if t.Status == StatusFailed {
@@ -434,6 +441,43 @@ func storedError(raw json.RawMessage) *RPCError {
 	}
 	w, _ := json.Marshal(map[string]any{"code": CodeInternal, "message": "Task failed.", "data": raw})
 	return &RPCError{Code: CodeInternal, Message: "Task failed.", Raw: w}
+}
+
+type fetchItem struct {
+	t   *Task
+	rev uint64
+}
+
+// runFetched marks fetched results until ctx ends.
+func (b *Broker) runFetched(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-b.fetched:
+			b.markFetchedLogged(ctx, it)
+		}
+	}
+}
+
+// flushFetched marks what is still queued (on drain).
+func (b *Broker) flushFetched(ctx context.Context) {
+	for {
+		select {
+		case it := <-b.fetched:
+			b.markFetchedLogged(ctx, it)
+		default:
+			return
+		}
+	}
+}
+
+func (b *Broker) markFetchedLogged(ctx context.Context, it fetchItem) {
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := b.markFetched(mctx, it.t, it.rev); err != nil && ctx.Err() == nil {
+		b.log.Warn("zerotask: mark result fetched", "task", it.t.ID, "err", err)
+	}
 }
 
 // markFetched records the first fetch of a result and makes the record expire ResultTTL later.
@@ -1101,9 +1145,8 @@ func (b *Broker) deadLetter(ctx context.Context, t *Task, reason string) {
 
 // announce tells every pod's PUB socket (and NATS subscribers) that a task waits.
 func (b *Broker) announce(t *Task) {
-	p := map[string]any{"method": t.Method, "task_id": t.ID}
-	b.publish(evTaskReady, p)
-	b.publish(evBrokerNewTask, p)
+	// One NATS message; every pod's PUB also sends it under the spec's name (broker_new_task).
+	b.publish(evTaskReady, map[string]any{"method": t.Method, "task_id": t.ID})
 }
 
 // publish sends a notification to zerotask.events.<event>; every pod forwards it to its PUB.

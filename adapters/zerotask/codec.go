@@ -90,10 +90,8 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 	if !utf8.Valid(frame) {
 		return d, rpcErr(CodeParseError, "Parse error: frame is not UTF-8.")
 	}
-	if !json.Valid(frame) {
-		return d, rpcErr(CodeParseError)
-	}
-	if trimmed[0] == '[' {
+	switch trimmed[0] {
+	case '[':
 		var elems []json.RawMessage
 		if e := json.Unmarshal(frame, &elems); e != nil {
 			return d, rpcErr(CodeParseError)
@@ -111,10 +109,20 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 			d.Requests[i], d.Errors[i] = decodeOne(el)
 		}
 		return d, nil
+	case '{':
+		// Unmarshal validates the whole frame: a syntax error is a parse error.
+		var obj map[string]json.RawMessage
+		if e := json.Unmarshal(frame, &obj); e != nil {
+			return d, rpcErr(CodeParseError)
+		}
+		r, e := decodeObject(obj)
+		d.Requests, d.Errors = []Request{r}, []*RPCError{e}
+		return d, nil
 	}
-	r, e := decodeOne(frame)
-	d.Requests = []Request{r}
-	d.Errors = []*RPCError{e}
+	if !json.Valid(frame) {
+		return d, rpcErr(CodeParseError)
+	}
+	d.Requests, d.Errors = []Request{{}}, []*RPCError{rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: not an object.")}
 	return d, nil
 }
 
@@ -125,6 +133,10 @@ func decodeOne(raw json.RawMessage) (Request, *RPCError) {
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
 		return Request{}, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: not an object.")
 	}
+	return decodeObject(obj)
+}
+
+func decodeObject(obj map[string]json.RawMessage) (Request, *RPCError) {
 	var r Request
 	if id, ok := obj["id"]; ok {
 		r.ID, r.HasID = id, true

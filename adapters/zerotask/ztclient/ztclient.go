@@ -92,20 +92,26 @@ func (cn *conn) readMessage(wmu *sync.Mutex) ([][]byte, error) {
 			return nil, err
 		}
 		if f.IsCommand() {
-			cmd, err := zmtp.ParseCommand(f.Body)
-			if err == nil && cmd.Name == zmtp.CmdPing {
-				if _, pctx, err := zmtp.ParsePing(cmd.Data); err == nil {
-					wmu.Lock()
-					_, _ = cn.c.Write(zmtp.PongFrame(pctx))
-					wmu.Unlock()
-				}
-			}
+			cn.command(f, wmu)
 			continue
 		}
 		frames = append(frames, f.Body)
 		if !f.More() {
 			return frames, nil
 		}
+	}
+}
+
+// command answers a PING.
+func (cn *conn) command(f zmtp.Frame, wmu *sync.Mutex) {
+	cmd, err := zmtp.ParseCommand(f.Body)
+	if err != nil || cmd.Name != zmtp.CmdPing {
+		return
+	}
+	if _, pctx, err := zmtp.ParsePing(cmd.Data); err == nil {
+		wmu.Lock()
+		_, _ = cn.c.Write(zmtp.PongFrame(pctx))
+		wmu.Unlock()
 	}
 }
 
@@ -118,16 +124,15 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("zerotask error %d: %s", e.Code, e.Message) }
 
-// Req is a REQ socket: one request, then its reply. A reader goroutine answers the broker's
-// PINGs while the socket is idle.
+// Req is a REQ socket: one request, then its reply. While the socket is idle, a goroutine answers
+// the broker's heartbeat PINGs.
 type Req struct {
-	cn      *conn
-	wmu     sync.Mutex
-	mu      sync.Mutex
-	seq     atomic.Uint64
-	replies chan [][]byte
-	done    chan struct{}
-	once    sync.Once
+	cn   *conn
+	wmu  sync.Mutex // writes
+	mu   sync.Mutex // reads: a round trip or the idle PING check
+	seq  atomic.Uint64
+	done chan struct{}
+	once sync.Once
 }
 
 // DialReq connects a REQ socket to the broker's ROUTER address.
@@ -136,22 +141,41 @@ func DialReq(ctx context.Context, addr string) (*Req, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Req{cn: cn, replies: make(chan [][]byte, 1), done: make(chan struct{})}
-	go func() {
-		defer close(r.replies)
+	r := &Req{cn: cn, done: make(chan struct{})}
+	go r.idle()
+	return r, nil
+}
+
+// idle answers PINGs that arrive while no round trip is reading.
+func (r *Req) idle() {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+		}
+		if !r.mu.TryLock() {
+			continue
+		}
 		for {
-			msg, err := cn.readMessage(&r.wmu)
+			_ = r.cn.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			_, err := r.cn.br.Peek(1)
+			_ = r.cn.c.SetReadDeadline(time.Time{})
 			if err != nil {
-				return
+				break
 			}
-			select {
-			case r.replies <- msg:
-			case <-r.done:
-				return
+			f, err := r.cn.readFrame()
+			if err != nil {
+				break
+			}
+			if f.IsCommand() {
+				r.cn.command(f, &r.wmu)
 			}
 		}
-	}()
-	return r, nil
+		r.mu.Unlock()
+	}
 }
 
 // Close closes the socket.
@@ -164,23 +188,19 @@ func (r *Req) Close() error {
 func (r *Req) Roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = r.cn.c.SetReadDeadline(dl)
+		defer r.cn.c.SetReadDeadline(time.Time{})
+	}
 	r.wmu.Lock()
 	_, err := r.cn.c.Write(zmtp.AppendMessage(nil, [][]byte{{}, frame}))
 	r.wmu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
-	var msg [][]byte
-	select {
-	case m, ok := <-r.replies:
-		if !ok {
-			return nil, fmt.Errorf("recv: %w", io.EOF)
-		}
-		msg = m
-	case <-ctx.Done():
-		// The reply may still come: this socket is out of step now, as a REQ socket would be.
-		r.Close()
-		return nil, fmt.Errorf("recv: %w", ctx.Err())
+	msg, err := r.cn.readMessage(&r.wmu)
+	if err != nil {
+		return nil, fmt.Errorf("recv: %w", err)
 	}
 	if len(msg) != 2 || len(msg[0]) != 0 {
 		return nil, fmt.Errorf("reply of %d frames, not [\"\", body]", len(msg))

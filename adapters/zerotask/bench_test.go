@@ -1,0 +1,160 @@
+package zerotask
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jetbridge/jetbridge/adapters/zerotask/ztclient"
+	"github.com/jetbridge/jetbridge/bridge/bridgetest"
+	"github.com/jetbridge/jetbridge/jetstream"
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
+)
+
+const benchConcurrency = 16
+
+// runLoad runs n operations over benchConcurrency workers (op gets the worker number) and returns
+// ops/s and the p99.
+func runLoad(b *testing.B, n int, op func(w int) error) (float64, time.Duration) {
+	b.Helper()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < benchConcurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				if err := op(w); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(lat)
+	return float64(n) / el.Seconds(), lat[min(n-1, n*99/100)]
+}
+
+func benchConnect(b *testing.B, srv *jetstream.Embedded, inProcess bool) *jetstream.Client {
+	if !inProcess {
+		return jstest.Connect(b, srv)
+	}
+	c, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{Embedded: srv})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	return c
+}
+
+// BenchmarkRoundTrip: one task through the broker over ZeroMQ (client_new_task → node_task_request
+// → node_task_finished → client_task_result: four REQ round trips), at concurrency 16, against the
+// raw JetStream work queue (publish + fetch(1) + confirmed ack) in the same run. Reports round
+// trips/s and p99 of both and the ratio.
+func BenchmarkRoundTrip(b *testing.B) {
+	b.Run("inprocess", func(b *testing.B) { benchRoundTrip(b, true) })
+	b.Run("tcp", func(b *testing.B) { benchRoundTrip(b, false) })
+}
+
+type benchWorker struct {
+	client, node *ztclient.Req
+	cid, nid     string
+}
+
+func benchRoundTrip(b *testing.B, inProcess bool) {
+	srv := jstest.Server(b)
+	js := benchConnect(b, srv, inProcess)
+	p := bridgetest.Start(b, js, New())
+	ctx := context.Background()
+	workers := make([]*benchWorker, benchConcurrency)
+	for i := range workers {
+		w := &benchWorker{client: req(b, p), node: req(b, p)}
+		if err := w.client.Call(ctx, MethodPrefix+"client_connect", []any{}, &w.cid); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.node.Call(ctx, MethodPrefix+"node_connect", []any{}, &w.nid); err != nil {
+			b.Fatal(err)
+		}
+		workers[i] = w
+	}
+	// Raw baseline: its own work queue, consumer and connection.
+	raw := benchConnect(b, srv, inProcess)
+	if _, err := raw.Provision(ctx, jetstream.Assets{
+		Streams:   []jetstream.StreamSpec{{Name: "BENCH_RAW", Subjects: []string{"bench.raw"}, Retention: jetstream.WorkQueue}},
+		Consumers: []jetstream.ConsumerSpec{{Stream: "BENCH_RAW", Durable: "W", AckWait: 30 * time.Second, MaxAckPending: 20000}},
+	}); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := raw.Consumer(ctx, "BENCH_RAW", "W")
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := []byte(`{"method":"add","params":[5,6]}`)
+	n := max(b.N, 500)
+	b.ResetTimer()
+	rawRate, rawP99 := runLoad(b, n, func(int) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if _, err := raw.Publish(ctx, "bench.raw", payload, jetstream.PubOpts{}); err != nil {
+			return err
+		}
+		jobs, err := cons.Fetch(ctx, 1, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		if len(jobs) == 0 {
+			return errors.New("raw fetch: nothing")
+		}
+		return jobs[0].Ack(ctx)
+	})
+	ztRate, ztP99 := runLoad(b, n, func(i int) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return workers[i].roundTrip(ctx)
+	})
+	b.StopTimer()
+	b.ReportMetric(ztRate, "zerotask_rt/s")
+	b.ReportMetric(float64(ztP99.Microseconds())/1000, "zerotask_p99_ms")
+	b.ReportMetric(rawRate, "raw_rt/s")
+	b.ReportMetric(float64(rawP99.Microseconds())/1000, "raw_p99_ms")
+	b.ReportMetric(ztRate/rawRate, "ratio")
+}
+
+// roundTrip passes one task from the worker's client through its node and back.
+func (w *benchWorker) roundTrip(ctx context.Context) error {
+	var tid string
+	if err := w.client.Call(ctx, MethodPrefix+"client_new_task", []any{w.cid, "add", []int{5, 6}}, &tid); err != nil {
+		return fmt.Errorf("new task: %w", err)
+	}
+	var task map[string]any
+	if err := w.node.Call(ctx, MethodPrefix+"node_task_request", []any{w.nid, tid}, &task); err != nil || task == nil {
+		return fmt.Errorf("task request: %v (%v)", err, task)
+	}
+	if err := w.node.Call(ctx, MethodPrefix+"node_task_finished", []any{w.nid, tid, 11}, nil); err != nil {
+		return fmt.Errorf("finished: %w", err)
+	}
+	var res int
+	if err := w.client.Call(ctx, MethodPrefix+"client_task_result", []any{w.cid, tid}, &res); err != nil || res != 11 {
+		return fmt.Errorf("result: %v (%d)", err, res)
+	}
+	return nil
+}

@@ -251,8 +251,6 @@ func (l *listener) serve(c net.Conn) {
 
 	rerr := p.readLoop(br)
 	p.close(rerr)
-	l.hooks.remove(p)
-	l.m.peers.Dec()
 	reason := p.reason()
 	select {
 	case <-l.closed:
@@ -260,7 +258,12 @@ func (l *listener) serve(c net.Conn) {
 	default:
 	}
 	l.log.Debug("zmtp peer disconnected", "peer", fmt.Sprintf("%x", p.id), "remote", p.remote.String(), "err", reason)
+	// Emit before freeing the routing id: a reconnect with the same
+	// identity is admitted only after removal, so its PeerConnected always
+	// follows this PeerDisconnected on the channel.
 	l.emit(PeerEvent{Kind: PeerDisconnected, Peer: p.id, SocketType: p.socketType, RemoteAddr: p.remote, Err: reason})
+	l.hooks.remove(p)
+	l.m.peers.Dec()
 }
 
 // handshake runs the greeting and NULL-mechanism READY exchange under the

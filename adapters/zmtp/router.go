@@ -136,12 +136,21 @@ func (r *Router) Reply(ctx context.Context, req Message, body ...[]byte) error {
 	return r.Send(ctx, req.Peer, frames...)
 }
 
-// Connected reports whether a peer with this routing id is connected.
+// Connected reports whether a peer with this routing id is connected
+// (false as soon as it starts disconnecting).
 func (r *Router) Connected(peer []byte) bool {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
-	_, ok := r.peers[string(peer)]
-	return ok
+	p := r.peers[string(peer)]
+	r.mu.RUnlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Peers returns the routing ids of the connected peers.

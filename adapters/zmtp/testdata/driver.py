@@ -33,8 +33,12 @@ for line in sys.stdin:
             socks[c["name"]] = s
             out({"ok": True})
         elif op == "send":
-            socks[c["name"]].send_multipart([bytes.fromhex(f) for f in c["frames"]])
-            out({"ok": True})
+            flags = zmq.NOBLOCK if c.get("noblock") else 0
+            try:
+                socks[c["name"]].send_multipart([bytes.fromhex(f) for f in c["frames"]], flags)
+                out({"ok": True})
+            except zmq.Again:
+                out({"ok": True, "again": True})
         elif op == "recv":
             s = socks[c["name"]]
             if s.poll(c.get("timeout", 10000)) == 0:

@@ -367,6 +367,15 @@ func AppendNack(dst []byte, id uint16, machine, human []byte) ([]byte, error) {
 	return checkSize(start, dst)
 }
 
+// AppendFrame appends f with its 2-byte big-endian length prefix (one buffer, for one write).
+func AppendFrame(dst, f []byte) ([]byte, error) {
+	if len(f) > MaxFrame {
+		return dst, fmt.Errorf("append frame: %w", ErrFrameTooBig)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(f)))
+	return append(dst, f...), nil
+}
+
 // WriteFrame writes f with its 2-byte big-endian length prefix.
 func WriteFrame(w io.Writer, f []byte) error {
 	if len(f) > MaxFrame {

@@ -162,7 +162,11 @@ func dial(t testing.TB, addr string, pki *testPKI, cert Issued) *tclient {
 func (c *tclient) sendRaw(f []byte) {
 	c.t.Helper()
 	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := WriteFrame(c.conn, f); err != nil {
+	w, err := AppendFrame(nil, f)
+	if err == nil {
+		_, err = c.conn.Write(w)
+	}
+	if err != nil {
 		c.t.Fatalf("send %x: %v", f, err)
 	}
 }

@@ -1,6 +1,7 @@
 package gilmour
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,71 @@ func TestPodKilledDuringDelivery(t *testing.T) {
 	got := n.waitCalls("/slot", 2, 15*time.Second)
 	if string(got[1].Data) != `"do not lose me"` || got[1].Sender != got[0].Sender {
 		t.Fatalf("redelivery: %+v", got)
+	}
+}
+
+// TestDeleteDoesNotDisturbRunningRequests: DELETE /nodes/:id while one of its handlers runs; the
+// request still gets its answer, and afterwards nothing of the node is left.
+func TestDeleteDoesNotDisturbRunningRequests(t *testing.T) {
+	e := newEnv(t)
+	n := newNode(t)
+	inCall := make(chan struct{}, 1)
+	release := make(chan struct{})
+	n.handle("/slow", func(hc HandlerCall) (int, any) {
+		if strings.Contains(string(hc.Data), "slow") {
+			inCall <- struct{}{}
+			<-release
+		}
+		return 200, map[string]string{"finished": "yes"}
+	})
+	n.handle("/slot", func(HandlerCall) (int, any) { return 200, "" })
+	id := n.register(e.url, map[string]any{
+		"services": []map[string]any{{"topic": "long", "group": "g", "path": "/slow"}},
+		"slots":    []map[string]any{{"topic": "gone", "path": "/slot"}, {"topic": "gone", "group": "gg", "path": "/slot"}},
+	})
+	waitServed(t, e.url, id, "long")
+	type result struct {
+		code int
+		r    PublishResponse
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, r := request(t, e.url, id, map[string]any{"topic": "long", "message": "slow", "timeout": 20})
+		done <- result{code, r}
+	}()
+	select {
+	case <-inCall:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not called")
+	}
+	if code, b := call(t, "DELETE", e.url+"/nodes/"+id, nil); code != 200 {
+		t.Fatalf("DELETE: %d %s", code, b)
+	}
+	close(release)
+	select {
+	case res := <-done:
+		if res.code != 200 || string(res.r.Messages[0].Data) != `{"finished":"yes"}` {
+			t.Fatalf("running request disturbed: %d %+v", res.code, res.r)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("running request never answered")
+	}
+	// everything freed: no listener for the topic, no slot consumers, no KV keys
+	other := newNode(t)
+	oid := other.register(e.url, nil)
+	waitServedCode(t, e.url, oid, "long", 404)
+	ctx := t.Context()
+	for _, s := range []Sub{{Topic: "gone", Path: "/slot"}, {Topic: "gone", Group: "gg", Path: "/slot"}} {
+		if _, err := e.js.Consumer(ctx, SlotStream, slotKeyOf(id, s).durable()); err == nil {
+			t.Fatalf("slot consumer for %+v still exists", s)
+		}
+	}
+	kv, err := e.js.KV(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := kv.Keys(ctx, "*."+id)
+	if len(keys) != 0 {
+		t.Fatalf("keys left: %v", keys)
 	}
 }

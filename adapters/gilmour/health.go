@@ -57,17 +57,20 @@ func (a *Adapter) checkAll() {
 func (a *Adapter) checkNode(id string) error {
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second+a.cfg.HealthInterval)
 	defer cancel()
-	now := time.Now()
-	lease, rev, mine, err := a.reg.claimLease(ctx, id, a.env.PodID, now, 3*a.cfg.HealthInterval)
-	if err != nil || !mine {
-		return err
-	}
 	rec, err := a.reg.get(ctx, id)
 	if errors.Is(err, errNodeNotFound) {
 		return nil
 	}
 	if err != nil || rec.Status == StatusDirty {
 		return err
+	}
+	now := time.Now()
+	lease, rev, mine, err := a.reg.claimLease(ctx, id, a.env.PodID, now, 3*a.cfg.HealthInterval)
+	if err != nil || !mine {
+		return err
+	}
+	if _, err := a.reg.get(ctx, id); errors.Is(err, errNodeNotFound) {
+		return a.reg.kv.Delete(ctx, leaseKey(id), 0) // deleted meanwhile: no lease left behind
 	}
 	pctx, pcancel := context.WithTimeout(ctx, min(max(a.cfg.HealthInterval, time.Second), 5*time.Second))
 	result, perr := a.node.ping(pctx, rec)
@@ -109,8 +112,8 @@ func (a *Adapter) checkNode(id string) error {
 		r.Status = status
 		return nil
 	})
-	if errors.Is(err, errNodeNotFound) || errors.Is(err, jetstream.ErrSkip) {
-		return nil
+	if errors.Is(err, errNodeNotFound) {
+		return a.reg.kv.Delete(ctx, leaseKey(id), 0)
 	}
 	if err == nil {
 		a.log.Info("gilmour: node status", "node", id, "status", status)

@@ -2,6 +2,9 @@ package gilmour
 
 import (
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -152,5 +155,50 @@ func TestHealthOnePodChecks(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("no takeover")
 		}
+	}
+}
+
+// TestSignalsWaitForUnreachableNode: a node whose port goes away loses no signal: deliveries
+// that fail to connect are not dead-lettered, and everything arrives when it is back.
+func TestSignalsWaitForUnreachableNode(t *testing.T) {
+	e := newEnv(t, "--gilmour-dirty-after=60s")
+	n := newNode(t)
+	n.handle("/slot", func(HandlerCall) (int, any) { return 200, "" })
+	id := n.register(e.url, map[string]any{"slots": []map[string]any{{"topic": "later", "group": "g", "path": "/slot"}}})
+	sender := newNode(t).register(e.url, nil)
+	n.srv.Close()
+	// some signals race the health check (they find the port closed), the rest find the node paused
+	for i := 0; i < 5; i++ {
+		if code, b := call(t, "POST", e.url+"/signal/"+sender, map[string]any{"topic": "later", "message": i}); code != 200 {
+			t.Fatalf("%d %s", code, b)
+		}
+	}
+	waitStatus(t, e.url, id, StatusUnavailable)
+	for i := 5; i < 10; i++ {
+		if code, b := call(t, "POST", e.url+"/signal/"+sender, map[string]any{"topic": "later", "message": i}); code != 200 {
+			t.Fatalf("%d %s", code, b)
+		}
+	}
+	// the node comes back on the same port
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", n.port))
+	if err != nil {
+		t.Skipf("port %d not reusable: %v", n.port, err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(n.serve))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	waitStatus(t, e.url, id, StatusOK)
+	got := n.waitCalls("/slot", 10, 20*time.Second)
+	seen := map[string]bool{}
+	for _, hc := range got {
+		seen[string(hc.Data)] = true
+	}
+	if len(seen) != 10 {
+		t.Fatalf("delivered %v", seen)
+	}
+	if _, err := e.js.LastMsg(t.Context(), "DLQ", "dlq.gilmour.slot.later"); err == nil {
+		t.Fatal("a signal was dead-lettered while its node was unreachable")
 	}
 }

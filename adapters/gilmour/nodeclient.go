@@ -36,8 +36,7 @@ func (n *nodeClient) ping(ctx context.Context, r nodeRecord) (string, error) {
 	}
 	resp, err := n.hc.Do(req)
 	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) && oe.Op == "dial" {
+		if isDialError(err) {
 			return healthUnreachable, err
 		}
 		return healthFailed, err
@@ -87,4 +86,10 @@ func (n *nodeClient) call(ctx context.Context, r nodeRecord, path string, hcall 
 		return Message{Data: RawData(body), Code: 500}
 	}
 	return Message{Data: RawData(body), Code: 200}
+}
+
+// isDialError reports a node whose port could not be reached at all.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }

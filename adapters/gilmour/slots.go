@@ -100,7 +100,7 @@ func (p *puller) handle(j *jetstream.Job) {
 		_ = j.AckAsync() // under the NATS filter, but not matched by the glob
 		return
 	}
-	if int(j.Deliveries) > a.cfg.SlotMaxDeliver { // lease ran out on the last attempt (pod died)
+	if int(j.Deliveries) > 10*a.cfg.SlotMaxDeliver { // leases keep running out: pods die on it
 		p.deadLetter(j, topic, "max deliveries exceeded")
 		return
 	}
@@ -162,6 +162,12 @@ func (p *puller) deliver(j *jetstream.Job, m member, topic string) {
 		}
 		acancel()
 		a.met.signal(topic, "delivered", time.Since(start))
+		return
+	}
+	if err != nil && isDialError(err) {
+		// the node is down: the health check will pause it; the signal waits, it is not its fault
+		a.met.signal(topic, "node_unreachable", time.Since(start))
+		_ = j.Retry(min(a.cfg.HealthInterval, 5*time.Second))
 		return
 	}
 	reason := fmt.Sprintf("node %s answered %d: %s", m.node.ID, status, truncate(body, 200))

@@ -1,6 +1,7 @@
 package zmtp
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"testing"
@@ -87,5 +88,47 @@ func FuzzCommand(f *testing.F) {
 			}
 		}
 		_, _ = ParseErrorReason(cmd.Data)
+	})
+}
+
+// fuzzHooks stands in for a Router/Pub behind the reader loop.
+type fuzzHooks struct{ msgs, cmds, biggest int }
+
+func (h *fuzzHooks) localType() string         { return TypeRouter }
+func (h *fuzzHooks) localMetadata() Metadata   { return nil }
+func (h *fuzzHooks) admit(*peer, []byte) error { return nil }
+func (h *fuzzHooks) remove(*peer)              {}
+func (h *fuzzHooks) deliver(_ *peer, frames [][]byte) error {
+	h.msgs++
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	h.biggest = max(h.biggest, n)
+	return nil
+}
+func (h *fuzzHooks) command(_ *peer, cmd Command) error { h.cmds++; return nil }
+
+// FuzzReadLoop feeds arbitrary bytes to a connection's reader loop after
+// the handshake: it must end with an error (never panic, never hang) and
+// never deliver a message over the size limit.
+func FuzzReadLoop(f *testing.F) {
+	f.Add(AppendMessage(nil, [][]byte{[]byte("id"), {}, []byte("body")}))
+	f.Add(append(PingFrame(time.Second, []byte("c")), SubscribeFrame([]byte("a"), false)...))
+	f.Add(append(AppendFrame(nil, FlagMore, make([]byte, 300)), AppendFrame(nil, 0, make([]byte, 300))...))
+	f.Add([]byte{0x02, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Add(ErrorFrame("x"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h := &fuzzHooks{}
+		l := &listener{opts: Options{MaxMessageSize: 512}, m: newMetrics(nil, "fuzz"), hooks: h}
+		p := &peer{l: l, done: make(chan struct{})}
+		p.q.init(4)
+		err := p.readLoop(bufio.NewReader(bytes.NewReader(b)))
+		if err == nil {
+			t.Fatal("reader loop ended without error")
+		}
+		if h.biggest > 512 {
+			t.Fatalf("delivered a message of %d bytes over the 512 limit", h.biggest)
+		}
 	})
 }

@@ -41,6 +41,7 @@ type Adapter struct {
 	eventsMaxAge   time.Duration
 	resultsDupeWin time.Duration
 	argonMemory    int
+	orderTTL       time.Duration
 
 	env  *bridge.Env
 	q    *Queue
@@ -93,6 +94,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.dripEvery, "tracker-dripfeed-interval", time.Second, "how often stashes are drip-fed into the queue")
 	fs.DurationVar(&a.resultsMaxAge, "tracker-results-max-age", 30*24*time.Hour, "how long stored results are kept")
 	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
+	fs.DurationVar(&a.orderTTL, "tracker-order-refresh", 50*time.Millisecond, "how long claims on this pod reuse the ready queues' per-subject counts (0 = read them on every claim); items queued through another pod may wait this long for their place in the order")
 	fs.IntVar(&a.argonMemory, "tracker-argon2-memory", 19*1024, "argon2id memory cost in KiB for new pipeline secrets")
 	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
 }
@@ -178,6 +180,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		return fmt.Errorf("tracker: %w", err)
 	}
 	a.q = q
+	q.orderTTL = a.orderTTL
 	for _, c := range []prometheus.Collector{a.m.claims, a.m.finishes, a.m.fails, a.m.stores, a.m.revocations, &depthCollector{a: a}} {
 		if err := env.Registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError

@@ -25,6 +25,14 @@ type claimInfo struct {
 	val      []byte
 }
 
+// indexView is the part of a record the claim index needs.
+type indexView struct {
+	Status       string   `json:"status"`
+	PipelineType string   `json:"pipeline_type"`
+	ClaimedAt    *float64 `json:"claimed_at"`
+	Claim        *Claim   `json:"claim"`
+}
+
 // claimIndex holds every open claim of the whole tracker (all pods), fed by a watch on the items
 // bucket. It is an index only: every decision is re-checked against the record with CAS.
 type claimIndex struct {
@@ -176,11 +184,11 @@ func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(
 				x.apply(e.Key, e.Revision, nil, nil, true)
 				continue
 			}
-			var r Record
+			var r indexView
 			if json.Unmarshal(e.Value, &r) != nil {
 				continue
 			}
-			x.apply(e.Key, e.Revision, e.Value, &r, true)
+			x.apply(e.Key, e.Revision, e.Value, &Record{Status: r.Status, PipelineType: r.PipelineType, ClaimedAt: r.ClaimedAt, Claim: r.Claim}, true)
 		}
 	}
 }

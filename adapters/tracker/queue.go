@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -128,6 +129,17 @@ type Queue struct {
 	cfgCache map[string]cachedCfg
 
 	index *claimIndex
+
+	// orderTTL is how long the per-subject counts of the ready stream are reused by claims
+	// (0 = read them on every claim).
+	orderTTL time.Duration
+	orderMu  sync.Mutex
+	order    map[string]*orderCache
+}
+
+type orderCache struct {
+	at     time.Time
+	counts map[string]uint64
 }
 
 type cachedCfg struct {
@@ -137,7 +149,8 @@ type cachedCfg struct {
 
 func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
-		cons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex()}
+		cons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
+		order: map[string]*orderCache{}}
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
 		return nil, err
@@ -213,10 +226,51 @@ func (q *Queue) invalidateTypeConfig(ptype string) {
 // publishToken puts a ready token for r (whose Gen is already the new generation).
 func (q *Queue) publishToken(ctx context.Context, r *Record) error {
 	b, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
-	if _, err := q.js.Publish(ctx, q.readySubject(r), b, jetstream.PubOpts{}); err != nil {
+	subj := q.readySubject(r)
+	if _, err := q.js.Publish(ctx, subj, b, jetstream.PubOpts{}); err != nil {
 		return fmt.Errorf("ready token %s: %w", r.ID, err)
 	}
+	q.orderMu.Lock()
+	if c := q.order[r.PipelineType]; c != nil && c.counts[subj] == 0 {
+		// a subject this pod's claims did not know: make them re-read the order
+		delete(q.order, r.PipelineType)
+	}
+	q.orderMu.Unlock()
 	return nil
+}
+
+// readyCounts returns the per-subject counts of a pipeline type's ready tokens, reused for
+// orderTTL unless force is set; fresh says whether they were just read.
+func (q *Queue) readyCounts(ctx context.Context, ptype string, force bool) (counts map[string]uint64, fresh bool, err error) {
+	if !force && q.orderTTL > 0 {
+		q.orderMu.Lock()
+		c := q.order[ptype]
+		if c != nil && time.Since(c.at) < q.orderTTL {
+			counts = maps.Clone(c.counts)
+		}
+		q.orderMu.Unlock()
+		if counts != nil {
+			return counts, false, nil
+		}
+	}
+	counts, err = q.js.StreamSubjectCounts(ctx, streamReady, q.readyPrefix(ptype)+".>")
+	if err != nil {
+		return nil, false, err
+	}
+	q.orderMu.Lock()
+	q.order[ptype] = &orderCache{at: time.Now(), counts: maps.Clone(counts)}
+	q.orderMu.Unlock()
+	return counts, true, nil
+}
+
+// emptied notes that a ready subject had nothing to fetch, so that claims skip it until the
+// counts are read again.
+func (q *Queue) emptied(ptype, subject string) {
+	q.orderMu.Lock()
+	if c := q.order[ptype]; c != nil {
+		delete(c.counts, subject)
+	}
+	q.orderMu.Unlock()
 }
 
 func (q *Queue) publishStashToken(ctx context.Context, r *Record) error {
@@ -515,8 +569,9 @@ func candidates(counts map[string]uint64, prefix, pipeline string) []candidate {
 func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Record, error) {
 	prefix := q.readyPrefix(ptype)
 	budget := 64 // fetches per claim (stale tokens are skipped)
+	force := false
 	for budget > 0 {
-		counts, err := q.js.SubjectCounts(ctx, streamReady, prefix+".>")
+		counts, fresh, err := q.readyCounts(ctx, ptype, force)
 		if err != nil {
 			return nil, fmt.Errorf("claim %s: %w", ptype, err)
 		}
@@ -535,6 +590,7 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 					return nil, fmt.Errorf("claim %s: %w", ptype, err)
 				}
 				if len(jobs) == 0 {
+					q.emptied(ptype, c.subject)
 					break
 				}
 				progressed = true
@@ -544,11 +600,14 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 				}
 			}
 			if progressed {
-				break // re-read the counts: the order may have changed meanwhile
+				break // look at the order again: it may have changed meanwhile
 			}
 		}
 		if !progressed {
-			return nil, nil
+			if fresh {
+				return nil, nil
+			}
+			force = true // the cached order was out of date: read it now
 		}
 	}
 	return nil, nil
@@ -563,34 +622,40 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 	}
 	young := time.Since(job.Time) < tokenGrace
 	ent, err := q.items.Get(ctx, tok.ID)
+	behind := 0 // times the record was found behind the token
 	for {
-		if err != nil {
-			if errors.Is(err, jetstream.ErrNotFound) {
-				if young {
-					_ = job.Retry(time.Second)
-				} else {
-					_ = job.AckAsync()
-				}
-				return nil, nil
-			}
+		if err != nil && !errors.Is(err, jetstream.ErrNotFound) {
 			_ = job.Retry(0)
 			return nil, fmt.Errorf("claim %s: %w", tok.ID, err)
 		}
-		rec, derr := decodeRecord(ent.Value)
-		if derr != nil {
-			_ = job.AckAsync()
-			return nil, nil
-		}
-		switch {
-		case rec.Gen > tok.Gen || (rec.Gen == tok.Gen && rec.Status != StatusTodo):
-			_ = job.AckAsync()
-			return nil, nil
-		case rec.Gen < tok.Gen:
-			if young {
-				_ = job.Retry(time.Second)
-			} else {
+		var rec *Record
+		if err == nil {
+			var derr error
+			if rec, derr = decodeRecord(ent.Value); derr != nil {
 				_ = job.AckAsync()
+				return nil, nil
 			}
+			if rec.Gen > tok.Gen || (rec.Gen == tok.Gen && rec.Status != StatusTodo) {
+				_ = job.AckAsync() // stale
+				return nil, nil
+			}
+		}
+		if rec == nil || rec.Gen < tok.Gen {
+			// the token's writer has not stored the record yet (it does so right after
+			// publishing the token): look again shortly, then hand the token back
+			if !young {
+				_ = job.AckAsync() // an orphan: its writer died before storing the record
+				return nil, nil
+			}
+			if behind < 8 {
+				behind++
+				if behind > 4 {
+					time.Sleep(time.Millisecond)
+				}
+				ent, err = q.items.Get(ctx, tok.ID)
+				continue
+			}
+			_ = job.Retry(100 * time.Millisecond)
 			return nil, nil
 		}
 		cfg := q.typeConfig(ctx, rec.PipelineType)

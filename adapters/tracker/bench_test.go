@@ -1,0 +1,259 @@
+package tracker
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jetbridge/jetbridge/bridge/bridgetest"
+	"github.com/jetbridge/jetbridge/jetstream"
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
+)
+
+const benchConcurrency = 16
+
+// rawBaseline does what the tracker does per item with plain JetStream: publish to a work queue,
+// fetch one, ack it (confirmed), with conc workers; it returns items/s.
+func rawBaseline(b *testing.B, js *jetstream.Client, n, conc int) float64 {
+	ctx := context.Background()
+	stream := fmt.Sprintf("RAWBENCH%d", time.Now().UnixNano())
+	subj := js.Subject("rawbench", stream)
+	if _, err := js.Provision(ctx, jetstream.Assets{Streams: []jetstream.StreamSpec{{Name: stream, Subjects: []string{subj}, Retention: jetstream.WorkQueue}},
+		Consumers: []jetstream.ConsumerSpec{{Stream: stream, Durable: "W", AckWait: 30 * time.Second}}}); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, stream, "W")
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := []byte(`{"id":"00000000-0000-4000-8000-000000000000","gen":1}`)
+	var left atomic.Int64
+	left.Store(int64(n))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for left.Add(-1) >= 0 {
+				if _, err := js.Publish(ctx, subj, payload, jetstream.PubOpts{}); err != nil {
+					b.Error(err)
+					return
+				}
+				jobs, err := cons.Fetch(ctx, 1, time.Second)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for _, j := range jobs {
+					if err := j.Ack(ctx); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// trackerRun: conc pipelines over WebSocket; each worker queues an item (the admin API's enqueue,
+// without HTTP), claims one and finishes it. It returns items/s and the claim latencies.
+func trackerRun(b *testing.B, a *Adapter, pod *bridgetest.Pod, secrets []string, n, conc int) (float64, []time.Duration) {
+	ctx := context.Background()
+	clients := make([]*wsClient, conc)
+	for i := range clients {
+		c, _, err := dialWS(pod.Addrs["tracker"], fmt.Sprintf("bench%d", i), secrets[i])
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.WriteMessage(1, []byte(`{"v": "20260412.01"}`))
+		clients[i] = &wsClient{c: c}
+	}
+	var left atomic.Int64
+	left.Store(int64(n))
+	var finished atomic.Int64
+	lat := make([][]time.Duration, conc)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[w]
+			for finished.Load() < int64(n) {
+				if left.Add(-1) >= 0 {
+					if _, _, err := a.q.Enqueue(ctx, NewItem{Item: "https://bench/", PipelineType: "bench"}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+				t0 := time.Now()
+				r, err := c.tryCall("Item:claim", map[string]any{"pipeline_type": "bench"})
+				if err != nil || r.Status != 200 {
+					b.Errorf("claim: %v %s", err, r.Raw)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				var cl claimed
+				_ = jsonUnmarshal(r.Payload, &cl)
+				if cl.Item.ID == "" {
+					continue
+				}
+				r, err = c.tryCall("Item:finish", map[string]any{"id": cl.Item.ID})
+				if err != nil || r.Status != 204 {
+					b.Errorf("finish: %v %s", err, r.Raw)
+					return
+				}
+				finished.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	rate := float64(n) / time.Since(start).Seconds()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	return rate, all
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
+
+// BenchmarkTracker reports tracker items/s (queue → claim → finish over WebSocket) at
+// concurrency 16 beside the raw JetStream work-queue baseline (publish → fetch → ack) measured in
+// the same run, their ratio, and the claim p50/p99.
+func BenchmarkTracker(b *testing.B) {
+	srv := jstest.Server(b)
+	js := jstest.Connect(b, srv)
+	a := New()
+	pod := bridgetest.Start(b, js, a, "--tracker-argon2-memory=64")
+	secrets := make([]string, benchConcurrency)
+	for i := range secrets {
+		secrets[i] = addPipeline(b, pod, fmt.Sprintf("bench%d", i))
+	}
+	n := max(b.N, 2000)
+	// warm up (consumer creation, caches)
+	trackerRun(b, a, pod, secrets, 200, benchConcurrency)
+	rawBaseline(b, js, 200, benchConcurrency)
+	b.ResetTimer()
+	var rates, raws []float64
+	var lats []time.Duration
+	for rep := 0; rep < 3; rep++ {
+		r, l := trackerRun(b, a, pod, secrets, n, benchConcurrency)
+		rates = append(rates, r)
+		lats = append(lats, l...)
+		raws = append(raws, rawBaseline(b, js, n, benchConcurrency))
+	}
+	b.StopTimer()
+	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
+	tr, raw := med(rates), med(raws)
+	b.ReportMetric(tr, "tracker_items/s")
+	b.ReportMetric(raw, "raw_items/s")
+	b.ReportMetric(tr/raw, "ratio")
+	b.ReportMetric(float64(percentile(lats, 0.5).Microseconds()), "claim_p50_µs")
+	b.ReportMetric(float64(percentile(lats, 0.99).Microseconds()), "claim_p99_µs")
+}
+
+// BenchmarkIdleConnections measures the pod's memory per idle WebSocket connection with 5,000
+// connections (TRACKER_IDLE_CONNS to change), opened by a helper process so that only the
+// server's side is counted: Go heap+stacks delta and RSS delta per connection.
+func BenchmarkIdleConnections(b *testing.B) {
+	n := 5000
+	if s := os.Getenv("TRACKER_IDLE_CONNS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	srv := jstest.Server(b)
+	js := jstest.Connect(b, srv)
+	a := New()
+	pod := bridgetest.Start(b, js, a, "--tracker-argon2-memory=64", "--tracker-idle-timeout=0")
+	secret := addPipeline(b, pod, "idle")
+	before, rssBefore := memNow()
+	cmd := exec.Command(os.Args[0], "-test.run=TestHelperIdleClients", "-test.v")
+	cmd.Env = append(os.Environ(), "TRACKER_HELPER_ADDR="+pod.Addrs["tracker"], "TRACKER_HELPER_SECRET="+secret,
+		"TRACKER_HELPER_N="+strconv.Itoa(n))
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), "CLIENTS READY") {
+		k, err := out.Read(buf)
+		if err != nil {
+			b.Fatalf("helper: %v: %s", err, got.String())
+		}
+		got.Write(buf[:k])
+	}
+	jstest.Eventually(b, 30*time.Second, func() error {
+		if c := a.nconns.Load(); c < int64(n) {
+			return fmt.Errorf("%d connections", c)
+		}
+		return nil
+	})
+	after, rssAfter := memNow()
+	perHeap := float64(after-before) / float64(n)
+	perRSS := float64(rssAfter-rssBefore) / float64(n)
+	b.ReportMetric(perHeap/1024, "KiB_go/conn")
+	b.ReportMetric(perRSS/1024, "KiB_rss/conn")
+	b.Logf("%d idle connections: Go heap+stack %.1f KiB/conn, RSS %.1f KiB/conn, goroutines %d", n, perHeap/1024, perRSS/1024, runtime.NumGoroutine())
+}
+
+func memNow() (goBytes, rss int64) {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	goBytes = int64(m.HeapInuse + m.StackInuse)
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				f := strings.Fields(line)
+				if len(f) >= 2 {
+					kb, _ := strconv.ParseInt(f[1], 10, 64)
+					rss = kb * 1024
+				}
+			}
+		}
+	}
+	return goBytes, rss
+}
+
+// TestHelperIdleClients is the helper process of BenchmarkIdleConnections (skipped otherwise).
+func TestHelperIdleClients(t *testing.T) {
+	addr := os.Getenv("TRACKER_HELPER_ADDR")
+	if addr == "" {
+		t.Skip("helper process only")
+	}
+	n, _ := strconv.Atoi(os.Getenv("TRACKER_HELPER_N"))
+	secret := os.Getenv("TRACKER_HELPER_SECRET")
+	for i := 0; i < n; i++ {
+		c, _, err := dialWS(addr, "idle", secret)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		defer c.Close()
+		_ = c.WriteMessage(1, []byte(`{"v": "20260412.01"}`))
+	}
+	fmt.Println("CLIENTS READY")
+	_, _ = os.Stdin.Read(make([]byte, 1)) // hold until the parent closes stdin
+}

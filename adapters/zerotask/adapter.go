@@ -164,8 +164,8 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 }
 
 func (a *Adapter) startSockets() error {
-	opts := zmtp.Options{Logger: a.log, Registerer: a.env.Registry, MaxMessageSize: int64(a.env.ZMQMaxMessage),
-		HeartbeatInterval: a.heartbeat}
+	opts := zmtp.Options{Logger: a.log, Registerer: a.env.Registry, HeartbeatInterval: a.heartbeat}
+	setSize(&opts.MaxMessageSize, a.env.ZMQMaxMessage)
 	if ln := a.env.Listeners["zerotask"]; ln != nil {
 		opts.Name = "zerotask"
 		r, err := serveRouter(a.ctx, ln, opts)
@@ -201,6 +201,9 @@ func (a *Adapter) startSockets() error {
 	}
 	return nil
 }
+
+// setSize sets a size option whichever integer type the zmtp package gives it.
+func setSize[T int | int64](p *T, v int) { *p = T(v) }
 
 func (a *Adapter) startNATS(ctx context.Context) error {
 	js := a.env.JS

@@ -227,8 +227,7 @@ func (l *listener) serve(c net.Conn) {
 		l.mu.Unlock()
 	}()
 	cr := &connReader{c: c}
-	br := bufio.NewReaderSize(cr, 32<<10)
-	p, err := l.handshake(c, br)
+	p, br, err := l.handshake(c, cr)
 	if err != nil {
 		l.m.handshakeFailures.Inc()
 		lvl := slog.LevelDebug
@@ -270,84 +269,88 @@ func (l *listener) serve(c net.Conn) {
 // handshake deadline. The server sends its greeting at once, then waits
 // for the client's READY before answering with READY (or ERROR when the
 // peer is refused), as RFC 27 orders it.
-func (l *listener) handshake(c net.Conn, br *bufio.Reader) (*peer, error) {
+//
+// The greeting is read unbuffered, so that a connection that never gets
+// past it (a port scanner, a silent client) costs no read buffer.
+func (l *listener) handshake(c net.Conn, cr *connReader) (*peer, *bufio.Reader, error) {
 	_ = c.SetDeadline(time.Now().Add(l.opts.HandshakeTimeout))
 	if _, err := c.Write(AppendGreeting(nil, Greeting{Major: VersionMajor, Minor: VersionMinor, Mechanism: MechanismNull})); err != nil {
-		return nil, fmt.Errorf("send greeting: %w", err)
+		return nil, nil, fmt.Errorf("send greeting: %w", err)
 	}
 	var gb [GreetingSize]byte
-	if _, err := io.ReadFull(br, gb[:11]); err != nil {
-		return nil, fmt.Errorf("read greeting: %w", err)
+	if _, err := io.ReadFull(cr, gb[:11]); err != nil {
+		return nil, nil, fmt.Errorf("read greeting: %w", err)
 	}
 	if _, err := ParseGreeting(gb[:11]); err != nil && !errors.Is(err, ErrTruncated) {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := io.ReadFull(br, gb[11:]); err != nil {
-		return nil, fmt.Errorf("read greeting: %w", err)
+	if _, err := io.ReadFull(cr, gb[11:]); err != nil {
+		return nil, nil, fmt.Errorf("read greeting: %w", err)
 	}
 	g, err := ParseGreeting(gb[:])
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := CheckGreeting(g); err != nil {
 		_, _ = c.Write(ErrorFrame("unsupported mechanism"))
-		return nil, err
+		return nil, nil, err
 	}
 	minor := byte(VersionMinor)
 	if g.Major == 3 && g.Minor < minor {
 		minor = g.Minor
 	}
+	br := bufio.NewReaderSize(cr, 32<<10)
 	p := &peer{l: l, conn: c, remote: c.RemoteAddr(), minor: minor, done: make(chan struct{})}
 	p.q.init(l.opts.SendHWM)
 
 	f, err := p.readFrame(br, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read READY: %w", err)
+		return nil, nil, fmt.Errorf("read READY: %w", err)
 	}
 	if !f.IsCommand() {
-		return nil, fmt.Errorf("message before READY: %w", ErrProtocol)
+		return nil, nil, fmt.Errorf("message before READY: %w", ErrProtocol)
 	}
 	cmd, err := ParseCommand(f.Body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch cmd.Name {
 	case CmdReady:
 	case CmdError:
 		reason, _ := ParseErrorReason(cmd.Data)
-		return nil, fmt.Errorf("peer sent ERROR %q: %w", reason, ErrProtocol)
+		return nil, nil, fmt.Errorf("peer sent ERROR %q: %w", reason, ErrProtocol)
 	default:
-		return nil, fmt.Errorf("command %q before READY: %w", cmd.Name, ErrProtocol)
+		return nil, nil, fmt.Errorf("command %q before READY: %w", cmd.Name, ErrProtocol)
 	}
 	md, err := ParseMetadata(cmd.Data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st, ok := md.Get(PropSocketType)
 	if !ok {
 		_, _ = c.Write(ErrorFrame("missing Socket-Type"))
-		return nil, fmt.Errorf("READY without Socket-Type: %w", ErrBadMetadata)
+		return nil, nil, fmt.Errorf("READY without Socket-Type: %w", ErrBadMetadata)
 	}
 	p.socketType = string(st)
 	if !Compatible(l.hooks.localType(), p.socketType) {
 		_, _ = c.Write(ErrorFrame("invalid socket type"))
-		return nil, fmt.Errorf("peer %q on %s: %w", p.socketType, l.hooks.localType(), ErrSocketType)
+		return nil, nil, fmt.Errorf("peer %q on %s: %w", p.socketType, l.hooks.localType(), ErrSocketType)
 	}
 	identity, _ := md.Get(PropIdentity)
 	if len(identity) > MaxIdentity {
 		_, _ = c.Write(ErrorFrame("identity too long"))
-		return nil, fmt.Errorf("identity of %d bytes: %w", len(identity), ErrBadMetadata)
+		return nil, nil, fmt.Errorf("identity of %d bytes: %w", len(identity), ErrBadMetadata)
 	}
 	if err := l.hooks.admit(p, identity); err != nil {
 		_, _ = c.Write(ErrorFrame(err.Error()))
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := c.Write(ReadyFrame(l.hooks.localMetadata())); err != nil {
 		l.hooks.remove(p)
-		return nil, fmt.Errorf("send READY: %w", err)
+		return nil, nil, fmt.Errorf("send READY: %w", err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	return p, nil
+	return p, br, nil
 }
 
 // connReader refreshes the read deadline from the peer's PING TTL before

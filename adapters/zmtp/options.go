@@ -47,7 +47,7 @@ type Options struct {
 	// MaxMessageSize bounds the total payload of one incoming message and
 	// of any single frame, commands included (default 1 MiB). A peer that
 	// exceeds it, or merely announces a longer frame, is disconnected.
-	MaxMessageSize int64
+	MaxMessageSize int
 	// EventBuffer is the capacity of the Events channel (default 1024).
 	// When it is full, events are dropped, logged and counted.
 	EventBuffer int

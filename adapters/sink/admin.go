@@ -65,7 +65,7 @@ type ClientList struct {
 }
 
 func httpErr(code int, format string, args ...any) error {
-	return echo.NewHTTPError(code, map[string]string{"error": fmt.Sprintf(format, args...)})
+	return echo.NewHTTPError(code, fmt.Sprintf(format, args...))
 }
 
 func (a *Adapter) registerAdmin(g *echo.Group) {

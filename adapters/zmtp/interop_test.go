@@ -292,9 +292,15 @@ func TestInteropHeartbeats(t *testing.T) {
 	d.socket("hb", "DEALER", r.Addr().String(), "hb", map[string]int{
 		"HEARTBEAT_IVL": 100, "HEARTBEAT_TTL": 2000, "HEARTBEAT_TIMEOUT": 500,
 	})
+	d.socket("hbreq", "REQ", r.Addr().String(), "", map[string]int{
+		"HEARTBEAT_IVL": 100, "HEARTBEAT_TTL": 2000, "HEARTBEAT_TIMEOUT": 500,
+	})
 	d.send("hb", "before")
 	d.mustRecv("hb", "before")
-	// Control frames out = PONGs. Wait for at least 15 heartbeat periods;
+	d.send("hbreq", "before")
+	d.mustRecv("hbreq", "before")
+	// Control frames out = PONGs. Wait for at least 15 heartbeat periods
+	// (2 peers);
 	// without PONGs libzmq would drop the connection after 500 ms.
 	connected := 0
 	drain := func() {
@@ -306,16 +312,18 @@ func TestInteropHeartbeats(t *testing.T) {
 			connected++
 		}
 	}
-	waitFor(t, "15 PONGs", func() bool {
+	waitFor(t, "30 PONGs", func() bool {
 		drain()
 		return metricValue(t, reg, "jetbridge_zmtp_frames_out_total", "hb")-
-			metricValue(t, reg, "jetbridge_zmtp_messages_out_total", "hb") >= 15
+			metricValue(t, reg, "jetbridge_zmtp_messages_out_total", "hb") >= 30
 	})
 	d.send("hb", "after")
 	d.mustRecv("hb", "after")
+	d.send("hbreq", "after")
+	d.mustRecv("hbreq", "after")
 	drain()
-	if connected != 1 {
-		t.Fatalf("%d connections: the peer reconnected", connected)
+	if connected != 2 {
+		t.Fatalf("%d connections for 2 peers: a peer reconnected", connected)
 	}
 }
 

@@ -299,9 +299,9 @@ func TestInteropHeartbeats(t *testing.T) {
 	d.mustRecv("hb", "before")
 	d.send("hbreq", "before")
 	d.mustRecv("hbreq", "before")
-	// Control frames out = PONGs. Wait for at least 15 heartbeat periods
-	// (2 peers);
-	// without PONGs libzmq would drop the connection after 500 ms.
+	// Control frames out = PONGs. Wait for 30 of them (15 heartbeat
+	// periods for 2 peers); without PONGs libzmq drops a connection after
+	// 500 ms and reconnects.
 	connected := 0
 	drain := func() {
 		for len(r.Events()) > 0 {

@@ -161,7 +161,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	a.sched = newScheduler(a)
 
 	opts := func(name string) zmtp.Options {
-		return zmtp.Options{Name: name, Logger: env.Log, Registerer: env.Registry, MaxMessageSize: int64(env.ZMQMaxMessage)}
+		return zmtp.Options{Name: name, Logger: env.Log, Registerer: env.Registry, MaxMessageSize: env.ZMQMaxMessage}
 	}
 	var err error
 	open := func(name string) (*zmtp.Router, error) {

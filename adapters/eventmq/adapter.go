@@ -161,7 +161,9 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	a.sched = newScheduler(a)
 
 	opts := func(name string) zmtp.Options {
-		return zmtp.Options{Name: name, Logger: env.Log, Registerer: env.Registry, MaxMessageSize: env.ZMQMaxMessage}
+		o := zmtp.Options{Name: name, Logger: env.Log, Registerer: env.Registry}
+		setSize(&o.MaxMessageSize, env.ZMQMaxMessage)
+		return o
 	}
 	var err error
 	open := func(name string) (*zmtp.Router, error) {
@@ -369,3 +371,6 @@ func (a *Adapter) Stop() error {
 	})
 	return nil
 }
+
+// setSize assigns a size whatever integer type the zmtp option has.
+func setSize[T int | int64](dst *T, v int) { *dst = T(v) }

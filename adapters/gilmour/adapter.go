@@ -32,6 +32,7 @@ type Config struct {
 	SlotRetry      time.Duration
 	SlotInflight   int
 	SignalMaxAge   time.Duration
+	MaxInflight    int
 }
 
 // Adapter is the Gilmour protocol adapter.
@@ -65,7 +66,7 @@ func New() *Adapter {
 		HealthInterval: 10 * time.Second, DirtyAfter: 60 * time.Second,
 		HandlerTimeout: 600 * time.Second, RequestTimeout: 600 * time.Second,
 		SlotAckWait: 30 * time.Second, SlotMaxDeliver: 5, SlotRetry: time.Second, SlotInflight: 16,
-		SignalMaxAge: 24 * time.Hour,
+		SignalMaxAge: 24 * time.Hour, MaxInflight: 10000,
 	}}
 }
 
@@ -91,6 +92,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.SlotRetry, "gilmour-slot-retry", c.SlotRetry, "first retry delay of a failed signal delivery (doubles per attempt, max 1m)")
 	fs.IntVar(&c.SlotInflight, "gilmour-slot-inflight", c.SlotInflight, "signal deliveries in flight per slot consumer and pod")
 	fs.DurationVar(&c.SignalMaxAge, "gilmour-signal-max-age", c.SignalMaxAge, "how long an undelivered signal is kept")
+	fs.IntVar(&c.MaxInflight, "gilmour-max-inflight", c.MaxInflight, "HTTP requests handled at once by this pod; more get 503")
 }
 
 // Assets implements bridge.Adapter.
@@ -101,7 +103,7 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 // Start implements bridge.Adapter.
 func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	if a.cfg.HealthInterval <= 0 || a.cfg.DirtyAfter <= 0 || a.cfg.HandlerTimeout <= 0 || a.cfg.RequestTimeout <= 0 ||
-		a.cfg.SlotAckWait < time.Second || a.cfg.SlotMaxDeliver < 1 || a.cfg.SlotInflight < 1 {
+		a.cfg.SlotAckWait < time.Second || a.cfg.SlotMaxDeliver < 1 || a.cfg.SlotInflight < 1 || a.cfg.MaxInflight < 1 {
 		return errors.New("gilmour: invalid flags (durations must be > 0, slot ack wait >= 1s, counts >= 1)")
 	}
 	if a.cfg.MaxBody <= 0 {
@@ -144,7 +146,16 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	if ln, ok := env.Listeners["gilmour"]; ok {
 		e := a.routes()
-		a.srv = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+		a.srv = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
+			IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+			ConnState: func(_ net.Conn, st http.ConnState) {
+				switch st {
+				case http.StateNew:
+					env.Metrics.Connections.WithLabelValues("gilmour").Inc()
+				case http.StateClosed, http.StateHijacked:
+					env.Metrics.Connections.WithLabelValues("gilmour").Dec()
+				}
+			}}
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()

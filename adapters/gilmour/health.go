@@ -65,14 +65,16 @@ func (a *Adapter) checkNode(id string) error {
 		return err
 	}
 	now := time.Now()
-	lease, rev, mine, err := a.reg.claimLease(ctx, id, a.env.PodID, now, 3*a.cfg.HealthInterval)
+	probe := min(max(a.cfg.HealthInterval, time.Second), 5*time.Second)
+	// held for 3 intervals plus one probe, so that a slow probe never overlaps another pod's
+	lease, rev, mine, err := a.reg.claimLease(ctx, id, a.env.PodID, now, 3*a.cfg.HealthInterval+probe)
 	if err != nil || !mine {
 		return err
 	}
 	if _, err := a.reg.get(ctx, id); errors.Is(err, errNodeNotFound) {
 		return a.reg.kv.Delete(ctx, leaseKey(id), 0) // deleted meanwhile: no lease left behind
 	}
-	pctx, pcancel := context.WithTimeout(ctx, min(max(a.cfg.HealthInterval, time.Second), 5*time.Second))
+	pctx, pcancel := context.WithTimeout(ctx, probe)
 	result, perr := a.node.ping(pctx, rec)
 	pcancel()
 	if a.ctx.Err() != nil {
@@ -105,17 +107,20 @@ func (a *Adapter) checkNode(id string) error {
 	if status == rec.Status {
 		return nil
 	}
+	changed := false
 	_, err = a.reg.mutate(ctx, id, func(r *nodeRecord) error {
+		changed = false
 		if r.Status == status || r.Status == StatusDirty {
 			return jetstream.ErrSkip
 		}
 		r.Status = status
+		changed = true
 		return nil
 	})
 	if errors.Is(err, errNodeNotFound) {
 		return a.reg.kv.Delete(ctx, leaseKey(id), 0)
 	}
-	if err == nil {
+	if err == nil && changed {
 		a.log.Info("gilmour: node status", "node", id, "status", status)
 	}
 	return err

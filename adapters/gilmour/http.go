@@ -31,6 +31,19 @@ func (a *Adapter) routes() *echo.Echo {
 		}
 		_ = statusOf(c, code, msg)
 	}
+	inflight := make(chan struct{}, a.cfg.MaxInflight)
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			select {
+			case inflight <- struct{}{}:
+				defer func() { <-inflight }()
+				return next(c)
+			default:
+				a.env.Metrics.Errors.WithLabelValues("gilmour", "overloaded").Inc()
+				return statusOf(c, http.StatusServiceUnavailable, "too many requests in flight")
+			}
+		}
+	})
 	e.POST("/nodes", a.createNode)
 	e.GET("/nodes/:id", a.getNode)
 	e.DELETE("/nodes/:id", a.deleteNode)

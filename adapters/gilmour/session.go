@@ -117,7 +117,8 @@ func (a *Adapter) reconcile() {
 	for k, p := range a.pullers {
 		if _, ok := wantSlots[k]; !ok {
 			delete(a.pullers, k)
-			go p.stop()
+			a.wg.Add(1)
+			go func() { defer a.wg.Done(); p.stop() }()
 		}
 	}
 	for k, ms := range wantSlots {

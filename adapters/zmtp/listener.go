@@ -80,6 +80,8 @@ type listener struct {
 	wg     sync.WaitGroup
 	events chan PeerEvent
 	nextID atomic.Uint32
+	// lastWarn (unix ns) rate-limits handshake refusal warnings.
+	lastWarn atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // every open connection, handshaking or not
@@ -230,9 +232,14 @@ func (l *listener) serve(c net.Conn) {
 	p, br, err := l.handshake(c, cr)
 	if err != nil {
 		l.m.handshakeFailures.Inc()
+		// Refusals are worth a warning, but a refused libzmq client retries
+		// every 100 ms: at most one warning per second per listener.
 		lvl := slog.LevelDebug
 		if errors.Is(err, ErrDuplicateIdentity) || errors.Is(err, ErrSocketType) || errors.Is(err, ErrMechanism) {
-			lvl = slog.LevelWarn
+			now := time.Now().UnixNano()
+			if last := l.lastWarn.Load(); now-last >= int64(time.Second) && l.lastWarn.CompareAndSwap(last, now) {
+				lvl = slog.LevelWarn
+			}
 		}
 		l.log.Log(context.Background(), lvl, "zmtp handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return

@@ -34,6 +34,7 @@ type outbound struct {
 	keys     map[string]*keyQueue
 	held     map[uint64]*outItem // by stream sequence
 	nextID   uint16
+	expect   int // leased events expected in the first burst
 }
 
 type outItem struct {
@@ -88,6 +89,11 @@ func startOutbound(s *session) (*outbound, error) {
 		return nil, err
 	}
 	o.stopC = stop
+	// Events still leased (held by the previous connection, or being handed back) arrive first;
+	// wait for them briefly so that they are sorted together (per-key order across reconnects).
+	if _, leased, err := cons.Pending(ctx); err == nil {
+		o.expect = leased
+	}
 	go o.loop()
 	return o, nil
 }
@@ -125,7 +131,12 @@ func (o *outbound) loop() {
 		case <-o.ctx.Done():
 			return
 		case j := <-o.jobs:
-			o.addBurst(j)
+			if o.expect > 0 {
+				o.addBurst(j, o.expect, startupWindow)
+				o.expect = 0
+			} else {
+				o.addBurst(j, 0, burstWindow)
+			}
 		case r := <-o.res:
 			o.result(r)
 		case <-t.C:
@@ -165,15 +176,29 @@ func (o *outbound) giveBack() {
 // queue), so a burst is re-sorted to keep per-key order whenever the events arrive together.
 const burstWindow = 2 * time.Millisecond
 
-func (o *outbound) addBurst(j *jetstream.Job) {
+// startupWindow bounds the wait for the events leased at connection start.
+const startupWindow = 250 * time.Millisecond
+
+// addBurst collects events until n of them are redeliveries (startup, n > 0) or, for n == 0,
+// until 256 events or the window passes without one; then sorts them by stream sequence and
+// adds them.
+func (o *outbound) addBurst(j *jetstream.Job, n int, window time.Duration) {
 	burst := []*jetstream.Job{j}
-	timer := time.NewTimer(burstWindow)
+	redelivered := 0
+	count := func(j *jetstream.Job) {
+		if j.Deliveries > 1 {
+			redelivered++
+		}
+	}
+	count(j)
+	timer := time.NewTimer(window)
 	defer timer.Stop()
 collect:
-	for len(burst) < 256 {
+	for len(burst) < 4096 && (n == 0 && len(burst) < 256 || n > 0 && redelivered < n) {
 		select {
 		case j := <-o.jobs:
 			burst = append(burst, j)
+			count(j)
 		case <-timer.C:
 			break collect
 		case <-o.ctx.Done():

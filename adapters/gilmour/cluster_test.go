@@ -1,10 +1,12 @@
 package gilmour
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jetbridge/jetbridge/jetstream"
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
@@ -153,5 +155,46 @@ func TestDeleteDoesNotDisturbRunningRequests(t *testing.T) {
 	keys, _ := kv.Keys(ctx, "*."+id)
 	if len(keys) != 0 {
 		t.Fatalf("keys left: %v", keys)
+	}
+}
+
+// TestSubjectPrefixAndHost: with --subject-prefix every subject is prefixed (a plain NATS client
+// serves gilmour requests on "acme.gilmour.request.<topic>"), and a node registered with "host"
+// is called there.
+func TestSubjectPrefixAndHost(t *testing.T) {
+	srv := jstest.Server(t)
+	js := jstest.ConnectURL(t, srv.ClientURL(), "acme", 1)
+	p := startPod(t, js)
+	url := "http://" + p.Addrs["gilmour"]
+	n := newNode(t)
+	n.handle("/svc", echoHandler("svc"))
+	n.handle("/slot", func(HandlerCall) (int, any) { return 200, "" })
+	id := n.register(url, map[string]any{"host": "localhost",
+		"services": []map[string]any{{"topic": "pre.svc", "group": "g", "path": "/svc"}},
+		"slots":    []map[string]any{{"topic": "pre.*", "path": "/slot"}}})
+	if d := decode[NodeDetail](t, func() []byte { _, b := call(t, "GET", url+"/nodes/"+id, nil); return b }()); d.Host != "localhost" {
+		t.Fatalf("host: %+v", d)
+	}
+	waitServed(t, url, id, "pre.svc")
+	plain := jstest.Connect(t, srv)
+	sub, err := plain.Subscribe("acme.gilmour.request.pre.native", "g", func(m *jetstream.Msg) {
+		_ = m.Respond([]byte(`{"data":"prefixed","code":200}`), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = plain.Flush(ctx)
+	code, r := request(t, url, id, map[string]any{"topic": "pre.native"})
+	if code != 200 || string(r.Messages[0].Data) != `"prefixed"` {
+		t.Fatalf("prefixed native service: %d %+v", code, r)
+	}
+	if err := plain.PublishCore("acme.gilmour.slot.pre.sig", []byte(`{"data":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.waitCalls("/slot", 1, 10*time.Second); got[0].Topic != "pre.sig" {
+		t.Fatalf("prefixed signal: %+v", got[0])
 	}
 }

@@ -183,3 +183,55 @@ func TestBadInputsOverHTTP(t *testing.T) {
 		t.Fatalf("nodes: %s", out)
 	}
 }
+
+// TestInflightLimitAndMetrics: over --gilmour-max-inflight the proxy answers 503; per-topic
+// metrics are exported.
+func TestInflightLimitAndMetrics(t *testing.T) {
+	e := newEnv(t, "--gilmour-max-inflight=1")
+	n := newNode(t)
+	inCall := make(chan struct{}, 1)
+	release := make(chan struct{})
+	n.handle("/slow", func(hc HandlerCall) (int, any) {
+		if strings.Contains(string(hc.Data), "hold") {
+			inCall <- struct{}{}
+			<-release
+		}
+		return 200, "done"
+	})
+	id := n.register(e.url, map[string]any{"services": []map[string]any{{"topic": "metered", "group": "g", "path": "/slow"}}})
+	waitServed(t, e.url, id, "metered")
+	done := make(chan int, 1)
+	go func() {
+		code, _ := request(t, e.url, id, map[string]any{"topic": "metered", "message": "hold", "timeout": 20})
+		done <- code
+	}()
+	<-inCall
+	code, b := call(t, "GET", e.url+"/nodes/"+id, nil)
+	if code != 503 || !strings.Contains(string(b), "too many requests in flight") {
+		t.Fatalf("over the limit: %d %s", code, b)
+	}
+	close(release)
+	if code := <-done; code != 200 {
+		t.Fatalf("held request: %d", code)
+	}
+	mfs, err := e.pod.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != "jetbridge_gilmour_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "topic" && l.GetValue() == "metered" {
+					found = true
+				}
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no per-topic request metric")
+	}
+}

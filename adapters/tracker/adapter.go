@@ -268,8 +268,14 @@ func (a *Adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.closeWith(websocket.CloseGoingAway, "server shutting down")
 		return
 	}
-	defer a.unregister(s)
-	s.serve()
+	// The session runs on its own goroutine (owned by a.wg) so that this handler returns and
+	// net/http's per-connection state (request, 4 KiB reader and writer) is released: an idle
+	// connection then costs one goroutine, gorilla's Conn and a 256-byte read buffer.
+	go func() {
+		defer a.wg.Done()
+		defer a.unregister(s)
+		s.serve()
+	}()
 }
 
 func (a *Adapter) register(s *session) bool {
@@ -278,6 +284,7 @@ func (a *Adapter) register(s *session) bool {
 	if a.draining.Load() || a.ctx.Err() != nil {
 		return false
 	}
+	a.wg.Add(1) // released when the session's goroutine ends
 	a.sessions[s] = struct{}{}
 	set := a.byPipe[s.pipeline]
 	if set == nil {
@@ -412,7 +419,9 @@ func (a *Adapter) Drain(ctx context.Context) error {
 
 // Stop closes every connection and stops the background work.
 func (a *Adapter) Stop() error {
-	a.draining.Store(true)
+	a.mu.Lock()
+	a.draining.Store(true) // under a.mu: no session registers (wg.Add) after this
+	a.mu.Unlock()
 	if a.cancel != nil {
 		a.cancel()
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -211,6 +212,12 @@ func BenchmarkIdleConnections(b *testing.B) {
 		return nil
 	})
 	after, rssAfter := memNow()
+	if f := os.Getenv("TRACKER_HEAP_PROFILE"); f != "" {
+		if w, err := os.Create(f); err == nil {
+			_ = pprof.WriteHeapProfile(w)
+			w.Close()
+		}
+	}
 	perHeap := float64(after-before) / float64(n)
 	perRSS := float64(rssAfter-rssBefore) / float64(n)
 	b.ReportMetric(perHeap/1024, "KiB_go/conn")

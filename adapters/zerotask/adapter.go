@@ -365,20 +365,27 @@ func (a *Adapter) loop(period time.Duration, fn func(context.Context)) {
 	}()
 }
 
-// reannouncer announces waiting tasks when a node or a subscriber connects: once at once and once
-// more a moment later, for subscribers whose subscription was still on its way.
+// reannouncer announces waiting tasks when a node or a subscriber connects: at once (at most once
+// a second) and once more a moment later, for subscribers whose subscription was still on its way.
 func (a *Adapter) reannouncer() {
 	defer a.wg.Done()
 	var later <-chan time.Time
+	var last time.Time
 	for {
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-a.kick:
-			later = time.After(250 * time.Millisecond)
+			if later == nil {
+				later = time.After(250 * time.Millisecond)
+			}
+			if time.Since(last) < time.Second {
+				continue
+			}
 		case <-later:
 			later = nil
 		}
+		last = time.Now()
 		ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
 		a.b.announceWaiting(ctx)
 		cancel()

@@ -273,7 +273,7 @@ func (b *Broker) clientDisconnect(ctx context.Context, c caller, params json.Raw
 	if e != nil {
 		return nil, e
 	}
-	if e := b.checkClient(ctx, id); e != nil {
+	if e := b.checkClient(ctx, c, id); e != nil {
 		return nil, e
 	}
 	if err := b.clients.Delete(ctx, key(id), 0); err != nil {
@@ -283,19 +283,32 @@ func (b *Broker) clientDisconnect(ctx context.Context, c caller, params json.Raw
 	return true, nil
 }
 
-// checkClient verifies that a client id was registered (here or on any pod).
-func (b *Broker) checkClient(ctx context.Context, id string) *RPCError {
+// checkClient verifies that a client id was registered (here or on any pod). A ZeroMQ caller
+// takes over a record no live connection holds (its pod died and it reconnected here), so that
+// this pod keeps it alive and frees it when the connection closes.
+func (b *Broker) checkClient(ctx context.Context, c caller, id string) *RPCError {
 	b.mu.Lock()
 	_, ok := b.cliL[id]
 	b.mu.Unlock()
 	if ok {
 		return nil
 	}
-	if _, err := b.clients.Get(ctx, key(id)); err != nil {
+	e, err := b.clients.Get(ctx, key(id))
+	if err != nil {
 		if errors.Is(err, jetstream.ErrNotFound) {
 			return rpcErr(CodeInvalidClient)
 		}
 		return internal(err)
+	}
+	var p Peer
+	now := time.Now().UTC()
+	if c.transport != viaZMQ || json.Unmarshal(e.Value, &p) != nil || b.holds(&p, c, false, now) {
+		return nil
+	}
+	p.Pod, p.Conn, p.Transport, p.LastSeen = b.pod, c.connHex(), viaZMQ, now
+	data, _ := json.Marshal(&p)
+	if rev, err := b.clients.Update(ctx, key(id), data, e.Revision); err == nil {
+		b.remember(id, false, c, rev)
 	}
 	return nil
 }
@@ -318,7 +331,7 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 		return nil, e
 	}
 	tparams := a.raw("params")
-	if e := b.checkClient(ctx, cid); e != nil {
+	if e := b.checkClient(ctx, c, cid); e != nil {
 		return nil, e
 	}
 	if tid == "" {
@@ -363,7 +376,7 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 }
 
 // clientTask reads a client's task by full id (a short id is invalid, as the original).
-func (b *Broker) clientTask(ctx context.Context, params json.RawMessage, fresh bool) (*Task, uint64, *RPCError) {
+func (b *Broker) clientTask(ctx context.Context, c caller, params json.RawMessage, fresh bool) (*Task, uint64, *RPCError) {
 	a, _, e := bindParams(params, []string{"client_id", "task_id"}, 2, false)
 	if e != nil {
 		return nil, 0, e
@@ -376,7 +389,7 @@ func (b *Broker) clientTask(ctx context.Context, params json.RawMessage, fresh b
 	if e != nil {
 		return nil, 0, e
 	}
-	if e := b.checkClient(ctx, cid); e != nil {
+	if e := b.checkClient(ctx, c, cid); e != nil {
 		return nil, 0, e
 	}
 	if !strings.HasPrefix(tid, cid+"-") || len(tid) == len(cid)+1 {
@@ -393,7 +406,7 @@ func (b *Broker) clientTask(ctx context.Context, params json.RawMessage, fresh b
 }
 
 func (b *Broker) clientTaskStatus(ctx context.Context, c caller, params json.RawMessage) (any, *RPCError) {
-	t, _, e := b.clientTask(ctx, params, true)
+	t, _, e := b.clientTask(ctx, c, params, true)
 	if e != nil {
 		return nil, e
 	}
@@ -401,7 +414,7 @@ func (b *Broker) clientTaskStatus(ctx context.Context, c caller, params json.Raw
 }
 
 func (b *Broker) clientTaskResult(ctx context.Context, c caller, params json.RawMessage) (any, *RPCError) {
-	t, rev, e := b.clientTask(ctx, params, false)
+	t, rev, e := b.clientTask(ctx, c, params, false)
 	if e != nil {
 		return nil, e
 	}

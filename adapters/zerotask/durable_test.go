@@ -302,3 +302,35 @@ func TestRestartKeepsTasks(t *testing.T) {
 		t.Fatal(string(r))
 	}
 }
+
+// A client whose pod dies goes on with its id on another pod (its task and result are there), and
+// that pod frees the id when the client's new connection closes.
+func TestClientMovesToOtherPod(t *testing.T) {
+	srv := jstest.Server(t)
+	jsA := jstest.Connect(t, srv)
+	pa := startPod(t, jsA)
+	pb := startPod(t, jstest.Connect(t, srv))
+	c1 := req(t, pa)
+	cid := str(t, call(t, c1, "client_connect", []any{"roamer"}))
+	tid := str(t, call(t, c1, "client_new_task", []any{cid, "m", []int{1}}))
+	pa.Kill(t)
+	jsA.Close()
+	node := req(t, pb)
+	nid := str(t, call(t, node, "node_connect", []any{}))
+	call(t, node, "node_task_request", []any{nid, tid})
+	call(t, node, "node_task_finished", []any{nid, tid, "ok"})
+	c2 := req(t, pb)
+	if r := call(t, c2, "client_task_result", []any{cid, tid}); string(r) != `"ok"` {
+		t.Fatal(string(r))
+	}
+	other := req(t, pb)
+	if c := callErr(t, other, "client_connect", []any{cid}); c != CodeInvalidClient {
+		t.Fatalf("id held by the moved client: %d", c)
+	}
+	c2.Close()
+	jstest.Eventually(t, 10*time.Second, func() error {
+		var id string
+		err := other.Call(ctxT(t, 5*time.Second), MethodPrefix+"client_connect", []any{cid}, &id)
+		return err
+	})
+}

@@ -136,8 +136,27 @@ func (b *Broker) refresh(ctx context.Context) {
 }
 
 // sweep deletes node records that nobody refreshed within NodeTimeout (their tasks are requeued
-// by the watchdog when it next sees them).
+// by the watchdog when it next sees them), and the records of ZeroMQ clients whose pod died more
+// than ResultTTL ago.
 func (b *Broker) sweep(ctx context.Context) {
+	b.sweepNodes(ctx)
+	if keys, err := b.clients.Keys(ctx, ""); err == nil {
+		now := time.Now()
+		for _, k := range keys {
+			e, err := b.clients.Get(ctx, k)
+			if err != nil {
+				continue
+			}
+			var p Peer
+			if json.Unmarshal(e.Value, &p) != nil || p.Transport != viaZMQ || now.Sub(p.LastSeen) < b.cfg.NodeTimeout+b.cfg.ResultTTL {
+				continue
+			}
+			_ = b.clients.Delete(ctx, k, e.Revision)
+		}
+	}
+}
+
+func (b *Broker) sweepNodes(ctx context.Context) {
 	keys, err := b.nodes.Keys(ctx, "")
 	if err != nil {
 		if !strings.Contains(err.Error(), "no keys") {

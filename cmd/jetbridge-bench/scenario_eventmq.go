@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jetbridge/jetbridge/adapters/eventmq"
 )
@@ -22,7 +23,9 @@ func init() {
 			if err != nil {
 				return nil, nil, err
 			}
-			if err := l.Ready(ctx); err != nil {
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := l.Ready(rctx); err != nil {
 				l.Close()
 				return nil, nil, fmt.Errorf("eventmq workers not served: %w", err)
 			}

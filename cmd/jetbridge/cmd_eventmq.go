@@ -91,7 +91,7 @@ func eventmqCommand(api *adminClient) *cobra.Command {
 					Schedules []struct {
 						Hash, Queue, Cron string
 						Interval          int
-						RunCount          int `json:"run_count"`
+						RunCount          int       `json:"run_count"`
 						NextRun           time.Time `json:"next_run"`
 						Runs              int64
 					}

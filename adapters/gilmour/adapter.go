@@ -53,6 +53,7 @@ type Adapter struct {
 	wg     sync.WaitGroup // background loops
 	work   sync.WaitGroup // in-flight service calls and deliveries
 
+	recMu    sync.Mutex // serialises reconcile
 	mu       sync.Mutex
 	nodes    map[string]nodeRecord
 	services map[svcKey]*jetstream.Subscription

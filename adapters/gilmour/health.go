@@ -23,6 +23,7 @@ func (a *Adapter) healthLoop() {
 			return
 		case <-t.C:
 		}
+		a.reconcile() // retries subscriptions that failed; cheap when nothing changed
 		a.checkAll()
 	}
 }

@@ -29,20 +29,63 @@ type member struct {
 	slot Sub
 }
 
+// watch keeps this pod's view of the registry (and so its subscriptions) in line with KV until
+// the adapter stops; a watcher that ends early is started again and the view rebuilt from scratch.
 func (a *Adapter) watch(updates <-chan jetstream.Entry) {
+	delay := 100 * time.Millisecond
+	for {
+		a.follow(updates)
+		if a.ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("gilmour: registry watch ended, restarting")
+		for {
+			select {
+			case <-a.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(delay*2, 5*time.Second)
+			kv := a.reg.kv
+			var err error
+			if updates, err = kv.Watch(a.ctx, "node.>", true); err == nil {
+				break
+			}
+			a.log.Warn("gilmour: registry watch", "err", err)
+		}
+	}
+}
+
+// follow applies one watcher's updates: the initial values replace the view at once (keys
+// deleted meanwhile disappear), then every change is applied as it comes.
+func (a *Adapter) follow(updates <-chan jetstream.Entry) {
+	fresh := map[string]nodeRecord{}
+	initial := true
 	for e := range updates {
 		if e.Key == "" { // end of initial values
+			a.mu.Lock()
+			a.nodes, initial = fresh, false
+			a.mu.Unlock()
 			a.reconcile()
 			continue
 		}
 		id := strings.TrimPrefix(e.Key, "node.")
+		r, err := decodeRecord(e.Value)
+		if !e.Deleted && err != nil {
+			a.log.Warn("gilmour: bad node record", "node", id, "err", err)
+			continue
+		}
+		if initial {
+			if !e.Deleted {
+				fresh[id] = r
+			}
+			continue
+		}
 		a.mu.Lock()
 		if e.Deleted {
 			delete(a.nodes, id)
-		} else if r, err := decodeRecord(e.Value); err == nil {
-			a.nodes[id] = r
 		} else {
-			a.log.Warn("gilmour: bad node record", "node", id, "err", err)
+			a.nodes[id] = r
 		}
 		a.mu.Unlock()
 		a.reconcile()
@@ -63,6 +106,8 @@ func (a *Adapter) snapshot() []nodeRecord {
 
 // reconcile brings this pod's subscriptions and pullers in line with the registry.
 func (a *Adapter) reconcile() {
+	a.recMu.Lock() // one at a time, so that an older view never overwrites a newer one
+	defer a.recMu.Unlock()
 	nodes := a.snapshot()
 	wantSvc := map[svcKey]struct {
 		node nodeRecord

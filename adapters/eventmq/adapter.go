@@ -73,7 +73,7 @@ type Adapter struct {
 
 	front, back, admin, pubIn *zmtp.Router
 	pubOut                    *zmtp.Pub
-	pubSub                    *jetstream.Subscription
+	pubSub, ctlSub            *jetstream.Subscription
 
 	b      *broker
 	sched  *scheduler
@@ -205,6 +205,11 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		if err != nil {
 			return a.failStart(err)
 		}
+	}
+	if a.ctlSub, err = a.js.Subscribe(a.js.Subject("eventmq", "control", "disconnect"), "", func(*jetstream.Msg) {
+		a.b.kbyeAll()
+	}); err != nil {
+		return a.failStart(err)
 	}
 	a.registerAdminRoutes(env)
 	a.loop(a.front, a.onFrontend)
@@ -352,8 +357,10 @@ func (a *Adapter) Stop() error {
 		if a.cancel != nil {
 			a.cancel()
 		}
-		if a.pubSub != nil {
-			_ = a.pubSub.Unsubscribe()
+		for _, s := range []*jetstream.Subscription{a.pubSub, a.ctlSub} {
+			if s != nil {
+				_ = s.Unsubscribe()
+			}
 		}
 		for _, r := range []*zmtp.Router{a.front, a.back, a.admin, a.pubIn} {
 			if r != nil {

@@ -52,7 +52,11 @@ func (a *Adapter) onAdmin(zm zmtp.Message) {
 		}()
 	case CmdDisconnect:
 		_ = a.send(a.admin, zm.Peer, CmdAck, m.MsgID)
-		a.b.kbyeAll()
+		// Every pod says KBYE to its workers and schedulers (this one too, through NATS; directly
+		// when NATS does not take the broadcast).
+		if err := a.js.PublishCore(a.js.Subject("eventmq", "control", "disconnect"), []byte(m.MsgID), nil); err != nil {
+			a.b.kbyeAll()
+		}
 	default:
 		// HELLO and anything else: ignored, as the original does.
 	}

@@ -463,16 +463,20 @@ func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) b
 		_ = job.Retry(0)
 		return true
 	}
+	if err := a.back.Send(a.ctx, w.id, frames...); err != nil {
+		// The worker is gone or does not read any more: as the original router does on
+		// EHOSTUNREACH, it is dead; the job goes back at once.
+		b.mu.Unlock()
+		a.fail("dispatch")
+		_ = job.Retry(0)
+		b.bury(w, "send failed: "+err.Error())
+		return true
+	}
 	if old := w.inflight[msgid]; old != nil {
 		// The same job twice on one worker (redelivered while the first copy still runs): keep
 		// the newer lease, drop the older delivery's bookkeeping.
 		delete(w.inflight, msgid)
-	}
-	if err := a.back.Send(a.ctx, w.id, frames...); err != nil {
-		b.mu.Unlock()
-		a.fail("dispatch")
-		_ = job.Retry(0)
-		return false
+		a.m.inflight.WithLabelValues(old.queue).Dec()
 	}
 	w.free--
 	w.inflight[msgid] = f

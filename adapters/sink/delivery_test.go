@@ -413,3 +413,47 @@ func TestSilentClientDropped(t *testing.T) {
 		t.Fatalf("dropped after %v", d)
 	}
 }
+
+// Drain (SIGTERM) finishes the inbound events being written (ACKed) and hands held outbound
+// events back at once, then closes.
+func TestDrain(t *testing.T) {
+	e := newEnv(t)
+	p, js := e.pod()
+	cert := e.pki.client(t, "meter-1")
+	register(t, p, "meter-1", cert)
+	postEvent(t, p.AdminURL, "meter-1", map[string]any{"event_type_id": 1, "key": b64("k"), "data": b64("x")})
+	c := connect(t, p.Addrs["sink"], e.pki, cert, 1, nil)
+	c.expect(TypePublish) // held, not ACKed
+	for i := 1; i <= 20; i++ {
+		c.publish(uint16(i), ev(1, "k", uint64(i), "d"))
+	}
+	p.Shutdown(t)
+	acks := 0
+	for {
+		m, _, err := c.read(10 * time.Second)
+		if err != nil {
+			break
+		}
+		if m.Type == TypeAck {
+			acks++
+		}
+	}
+	if got := inCount(t, js); got != uint64(acks) {
+		t.Fatalf("ACKed %d, stored %d", acks, got)
+	}
+	// the held outbound event is available again right away
+	cons, err := js.Consumer(context.Background(), StreamOut, ConsumerName("meter-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jstest.Eventually(t, 5*time.Second, func() error {
+		jobs, err := cons.FetchNoWait(1)
+		if err != nil {
+			return err
+		}
+		if len(jobs) != 1 {
+			return fmt.Errorf("outbound event not handed back")
+		}
+		return nil
+	})
+}

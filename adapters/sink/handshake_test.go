@@ -286,6 +286,18 @@ func TestDevCertificates(t *testing.T) {
 	if r := c.handshake("1.0.0", 1, nil); r.Code != RespHelloNewClient {
 		t.Fatalf("dev client: %+v", r)
 	}
+	// without --sink-client-ca any certificate is accepted by TLS; the fingerprint registry decides
+	other := newPKI(t)
+	oc := other.client(t, "meter-9")
+	register(t, p, "meter-9", oc)
+	c2 := dial(t, p.Addrs["sink"], pki, oc)
+	if r := c2.handshake("1.0.0", 1, nil); r.Code != RespHelloNewClient {
+		t.Fatalf("fingerprint-only client: %+v", r)
+	}
+	c3 := dial(t, p.Addrs["sink"], pki, other.client(t, "meter-10"))
+	c3.trySend(unhex(t, "00 05 312e302e30 00000001"))
+	c3.expectClosed()
+
 	// a restart with the same data folder reuses the files
 	before, _ := os.ReadFile(d.Server)
 	if _, err := EnsureDevCerts(dir); err != nil {

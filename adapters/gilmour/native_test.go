@@ -3,6 +3,7 @@ package gilmour
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,7 +151,7 @@ func TestSignalDeadLetter(t *testing.T) {
 		m, err = e.js.LastMsg(ctx, jetstream.DeadLetterStream, "dlq.gilmour.slot.doomed")
 		return err
 	})
-	if m.Header.Get(jetstream.HeaderDLQReason) == "" || DecodeEnvelope(m.Data).Sender != got[0].Sender {
+	if m.Header.Get(jetstream.HeaderDLQReason) == "" || !strings.HasPrefix(m.Header.Get(jetstream.HeaderDLQConsumer), "GILMOUR_G_") || DecodeEnvelope(m.Data).Sender != got[0].Sender {
 		t.Fatalf("dead letter: %v %s", m.Header, m.Data)
 	}
 	if len(n.callsOf("/slot")) != 3 {

@@ -187,7 +187,7 @@ func (p *puller) deadLetter(j *jetstream.Job, topic, reason string) {
 	a := p.a
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
-	if err := j.DeadLetter(ctx, reason); err != nil {
+	if err := j.DeadLetterFor(ctx, p.key.durable(), reason); err != nil {
 		a.log.Warn("gilmour: dead-letter signal", "topic", topic, "err", err)
 		return
 	}

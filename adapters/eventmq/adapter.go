@@ -56,6 +56,8 @@ type config struct {
 	scheduleTick  time.Duration
 	queueTTL      time.Duration
 	maxSubmitting int
+	// exactCompletion adds reply-requested to the jobs forwarded to workers.
+	exactCompletion bool
 }
 
 // Adapter is the EventMQ broker.
@@ -118,6 +120,9 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.cfg.resultTTL, "eventmq-result-ttl", a.cfg.resultTTL, "EventMQ: how long job results are kept")
 	fs.DurationVar(&a.cfg.scheduleTick, "eventmq-schedule-tick", a.cfg.scheduleTick, "EventMQ: how often each pod checks for due schedules")
 	fs.DurationVar(&a.cfg.queueTTL, "eventmq-queue-ttl", a.cfg.queueTTL, "EventMQ: a queue no worker declared for this long becomes unknown (its REQUESTs go to default)")
+	fs.BoolVar(&a.cfg.exactCompletion, "eventmq-exact-completion", a.cfg.exactCompletion,
+		"EventMQ: forward jobs without reply-requested with reply-requested added, so that each completion names its job "+
+			"(otherwise a READY completes the oldest such job of the worker: a worker dying after finishing jobs out of order may leave one unfinished job acknowledged)")
 	fs.IntVar(&a.cfg.maxSubmitting, "eventmq-max-submitting", a.cfg.maxSubmitting, "EventMQ: REQUESTs being stored at once per pod")
 }
 

@@ -455,7 +455,14 @@ func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) b
 		b.deadLetter(job, msgid, consumerQueue, fmt.Sprintf("eventmq: %d attempts used (retry-count:%d)", job.Deliveries-1, max(h.RetryCount, 0)))
 		return false
 	}
-	frames := Request{MsgID: msgid, Queue: origQueue, Headers: h, Payload: job.Data}.Frames()
+	fwd := h
+	exact := a.cfg.exactCompletion && !h.ReplyRequested
+	if exact {
+		// Ask the worker for a REPLY naming the job, so that its completion is known exactly
+		// (the result itself is not stored: the client did not ask for it).
+		fwd.Raw = strings.TrimPrefix(h.Raw+",reply-requested", ",")
+	}
+	frames := Request{MsgID: msgid, Queue: origQueue, Headers: fwd, Payload: job.Data}.Frames()
 	f := &flight{job: job, msgid: msgid, queue: consumerQueue, headers: h, w: w, dispatched: time.Now()}
 	b.mu.Lock()
 	if w.gone || w.free <= 0 {
@@ -480,7 +487,7 @@ func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) b
 	}
 	w.free--
 	w.inflight[msgid] = f
-	if !h.ReplyRequested {
+	if !h.ReplyRequested && !exact {
 		w.noReply = append(w.noReply, msgid)
 	}
 	st := b.stat(consumerQueue)

@@ -48,3 +48,44 @@ func TestGoPeerSubmitDispatchResult(t *testing.T) {
 		return nil
 	})
 }
+
+// A worker finishes its second job first and dies: with --eventmq-exact-completion the unfinished
+// first job goes back to the queue and the finished one does not.
+func TestExactCompletionOutOfOrder(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js, "--eventmq-exact-completion")
+	w := goWorker(t, p.Addrs[ListenBackend], "")
+	w.send(CmdReady)
+	w.send(CmdReady)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	a := c.send(CmdRequest, "default", "guarantee", jobPayload("a"))
+	r1 := w.recv(5*time.Second, CmdHeartbeat)
+	bID := c.send(CmdRequest, "default", "", jobPayload("b"))
+	r2 := w.recv(5*time.Second, CmdHeartbeat)
+	if r1.MsgID != a || r2.MsgID != bID || string(r1.Body[1]) != "guarantee,reply-requested" || string(r2.Body[1]) != "reply-requested" {
+		t.Fatalf("forwarded %s %q / %s %q", r1.MsgID, r1.Body[1], r2.MsgID, r2.Body[1])
+	}
+	w.send(CmdReply, `{"value": null}`, bID)
+	w.send(CmdReady)
+	w.send(CmdKBYE)
+	w2 := goWorker(t, p.Addrs[ListenBackend], "")
+	w2.send(CmdReady)
+	w2.send(CmdReady)
+	got := w2.recv(5*time.Second, CmdHeartbeat)
+	if got.MsgID != a {
+		t.Fatalf("redelivered %s, want %s", got.MsgID, a)
+	}
+	for end := time.Now().Add(700 * time.Millisecond); time.Now().Before(end); {
+		m, err := w2.d.Recv(time.Until(end))
+		if err != nil {
+			break
+		}
+		if mm, _ := Parse(m); mm.Command == CmdRequest {
+			t.Fatalf("finished job %s delivered again", mm.MsgID)
+		}
+	}
+	// No result stored: the client did not ask for one.
+	if code := getJSON(t, p.AdminURL+"/api/v1/eventmq/jobs/"+bID, nil); code != 404 {
+		t.Fatalf("job b status %d", code)
+	}
+}

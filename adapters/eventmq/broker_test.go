@@ -89,3 +89,42 @@ func TestExactCompletionOutOfOrder(t *testing.T) {
 		t.Fatalf("job b status %d", code)
 	}
 }
+
+// Pods pull only as many jobs as their workers have free slots: the rest stays in JetStream,
+// and a pod without workers pulls nothing.
+func TestPullOnlyFreeSlots(t *testing.T) {
+	e, js := newServer(t)
+	_ = e
+	p := startPod(t, js)
+	startPod(t, js) // a second pod with no workers
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	for i := 0; i < 10; i++ {
+		c.send(CmdRequest, "default", "", jobPayload("j", i))
+	}
+	for i := 0; i < 10; i++ {
+		c.recv(5 * time.Second)
+	}
+	w := goWorker(t, p.Addrs[ListenBackend], "")
+	w.send(CmdReady)
+	w.send(CmdReady)
+	w.recv(5*time.Second, CmdHeartbeat)
+	w.recv(5*time.Second, CmdHeartbeat)
+	check := func() error {
+		var qs struct{ Queues []QueueStatus }
+		getJSON(t, p.AdminURL+"/api/v1/eventmq/queues", &qs)
+		for _, q := range qs.Queues {
+			if q.Name == "default" {
+				if q.Waiting != 8 || q.Inflight != 2 {
+					return errorf("waiting %d in flight %d", q.Waiting, q.Inflight)
+				}
+				return nil
+			}
+		}
+		return errorf("no default queue in %+v", qs)
+	}
+	eventually(t, 5*time.Second, check)
+	time.Sleep(500 * time.Millisecond) // a few poll periods later, still nothing else pulled
+	if err := check(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,7 +3,9 @@ package gilmour
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -233,5 +235,40 @@ func TestInflightLimitAndMetrics(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no per-topic request metric")
+	}
+}
+
+// TestHandlerTimeoutClosesConnection: on a handler timeout the proxy closes the connection to the
+// handler (so that its late write fails) and answers 504.
+func TestHandlerTimeoutClosesConnection(t *testing.T) {
+	e := newEnv(t)
+	closed := make(chan struct{}, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {})
+	mux.HandleFunc("POST /stuck", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body) // the server notices a closed connection once the body is read
+		select {
+		case <-r.Context().Done():
+			closed <- struct{}{}
+		case <-time.After(20 * time.Second):
+		}
+	})
+	port := newHTTPTestServer(t, mux)
+	code, b := call(t, "POST", e.url+"/nodes", fmt.Sprintf(`{"port":%d,"services":[{"topic":"stuck","group":"g","path":"/stuck","timeout":1}]}`, port))
+	if code != 200 {
+		t.Fatalf("%d %s", code, b)
+	}
+	id := decode[CreateResponse](t, b).ID
+	jstest.Eventually(t, 10*time.Second, func() error {
+		code, r := request(t, e.url, id, map[string]any{"topic": "stuck", "timeout": 10})
+		if code != 504 {
+			return fmt.Errorf("%d %+v", code, r)
+		}
+		return nil
+	})
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's connection was not closed")
 	}
 }

@@ -5,6 +5,7 @@ package zerotask
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -111,11 +112,16 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 		return d, nil
 	case '{':
 		// Unmarshal validates the whole frame: a syntax error is a parse error.
-		var obj map[string]json.RawMessage
+		var obj wireRequest
 		if e := json.Unmarshal(frame, &obj); e != nil {
-			return d, rpcErr(CodeParseError)
+			var se *json.SyntaxError
+			if errors.As(e, &se) {
+				return d, rpcErr(CodeParseError)
+			}
+			d.Requests, d.Errors = []Request{{}}, []*RPCError{rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: "+e.Error()+".")}
+			return d, nil
 		}
-		r, e := decodeObject(obj)
+		r, e := decodeObject(&obj)
 		d.Requests, d.Errors = []Request{r}, []*RPCError{e}
 		return d, nil
 	}
@@ -129,38 +135,44 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 // decodeOne validates one request object. On error the returned Request still carries the id (so
 // the error can be answered with it) when the object had one.
 func decodeOne(raw json.RawMessage) (Request, *RPCError) {
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+	var obj wireRequest
+	if firstByte(raw) != '{' || json.Unmarshal(raw, &obj) != nil {
 		return Request{}, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: not an object.")
 	}
-	return decodeObject(obj)
+	return decodeObject(&obj)
 }
 
-func decodeObject(obj map[string]json.RawMessage) (Request, *RPCError) {
+// wireRequest is a request object as sent; a member that is absent stays nil.
+type wireRequest struct {
+	JSONRPC json.RawMessage `json:"jsonrpc"`
+	Method  json.RawMessage `json:"method"`
+	Params  json.RawMessage `json:"params"`
+	ID      json.RawMessage `json:"id"`
+}
+
+func decodeObject(obj *wireRequest) (Request, *RPCError) {
 	var r Request
-	if id, ok := obj["id"]; ok {
-		r.ID, r.HasID = id, true
-		switch firstByte(id) {
+	if obj.ID != nil {
+		r.ID, r.HasID = obj.ID, true
+		switch firstByte(obj.ID) {
 		case '"', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
 		default:
 			r.ID = nil
 			return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: id must be a string, number or null.")
 		}
 	}
-	if v, ok := obj["jsonrpc"]; ok {
-		var s string
-		if json.Unmarshal(v, &s) != nil || s != "2.0" {
+	if obj.JSONRPC != nil {
+		if s, ok := unquote(obj.JSONRPC); !ok || s != "2.0" {
 			return r, rpcErr(CodeInvalidRequest, `Invalid JSON-RPC request: "jsonrpc" must be "2.0".`)
 		}
 	}
-	m, ok := obj["method"]
-	if !ok || json.Unmarshal(m, &r.Method) != nil || r.Method == "" {
-		r.Method = ""
+	m, ok := unquote(obj.Method)
+	if !ok || m == "" {
 		return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: no method.")
 	}
-	p, ok := obj["params"]
-	switch {
-	case !ok || string(p) == "null":
+	r.Method = m
+	switch p := obj.Params; {
+	case p == nil || string(p) == "null":
 		r.Params = json.RawMessage("[]")
 	case firstByte(p) == '[' || firstByte(p) == '{':
 		r.Params = p
@@ -168,6 +180,31 @@ func decodeObject(obj map[string]json.RawMessage) (Request, *RPCError) {
 		return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: params must be a list or an object.")
 	}
 	return r, nil
+}
+
+// unquote decodes a JSON string (fast when it has no escapes); ok is false for anything else.
+func unquote(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 && bytes.IndexByte(inner, '"') < 0 {
+		plain := true
+		for _, c := range inner {
+			if c < 0x20 {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			return string(inner), true
+		}
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
 }
 
 func firstByte(b []byte) byte {
@@ -372,8 +409,8 @@ func (a args) str(name string, required bool) (string, *RPCError) {
 		}
 		return "", nil
 	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
+	s, ok := unquote(bytes.TrimSpace(v))
+	if !ok {
 		return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q must be a string.", name))
 	}
 	if len(s) > MaxID {

@@ -24,14 +24,14 @@ import (
 
 // watch handles one delivery of a task's queue message.
 func (b *Broker) watch(ctx context.Context, j *jetstream.Job) {
+	if j.Deliveries <= 1 {
+		return // just submitted and announced; hold it for one lease
+	}
 	var q queueMsg
 	if err := json.Unmarshal(j.Data, &q); err != nil || q.ID == "" {
 		b.log.Error("zerotask: bad queue message, dropped", "subject", j.Subject, "seq", j.Sequence)
 		_ = j.AckAsync()
 		return
-	}
-	if j.Deliveries <= 1 {
-		return // just submitted and announced; hold it for one lease
 	}
 	t, _, err := b.getTask(ctx, q.ID, true)
 	switch {

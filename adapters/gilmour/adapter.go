@@ -48,10 +48,12 @@ type Adapter struct {
 	met  *metrics
 	node *nodeClient
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // background loops
-	work   sync.WaitGroup // in-flight service calls and deliveries
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup // background loops
+	work       sync.WaitGroup // in-flight service calls and deliveries (see track)
+	workMu     sync.Mutex
+	workClosed bool
 
 	recMu    sync.Mutex // serialises reconcile
 	mu       sync.Mutex
@@ -189,12 +191,8 @@ func (a *Adapter) Drain(ctx context.Context) error {
 	for _, p := range pullers {
 		p.stop()
 	}
-	done := make(chan struct{})
-	go func() { a.work.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		errs = append(errs, fmt.Errorf("gilmour drain: %w", ctx.Err()))
+	if err := a.waitWork(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("gilmour drain: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -222,7 +220,7 @@ func (a *Adapter) Stop() error {
 		p.stop()
 	}
 	a.wg.Wait()
-	a.work.Wait()
+	_ = a.waitWork(context.Background())
 	a.hc.CloseIdleConnections()
 	return nil
 }

@@ -150,7 +150,10 @@ func (a *Adapter) reconcile() {
 		}
 		node, s := w.node, w.sub
 		sub, err := a.env.JS.Subscribe(a.bus.requestSubject(s.Topic), s.Group, func(m *jetstream.Msg) {
-			a.work.Add(1)
+			if !a.track() { // shutting down: answer on the subscription's goroutine
+				a.serve(node, s, m)
+				return
+			}
 			go func() { defer a.work.Done(); a.serve(node, s, m) }()
 		})
 		if err != nil {
@@ -199,5 +202,32 @@ func (a *Adapter) serve(node nodeRecord, s Sub, m *jetstream.Msg) {
 	a.met.handled(topic, res.Code, time.Since(start))
 	if res.Code >= 300 {
 		a.bus.publishError(topic, env.Sender, res.Code, env.Data, res.Data, "")
+	}
+}
+
+// track counts one more running call or delivery in a.work; false once the adapter waits for
+// them (Add must not race Wait).
+func (a *Adapter) track() bool {
+	a.workMu.Lock()
+	defer a.workMu.Unlock()
+	if a.workClosed {
+		return false
+	}
+	a.work.Add(1)
+	return true
+}
+
+// waitWork stops tracking and waits for the tracked calls until ctx ends.
+func (a *Adapter) waitWork(ctx context.Context) error {
+	a.workMu.Lock()
+	a.workClosed = true
+	a.workMu.Unlock()
+	done := make(chan struct{})
+	go func() { a.work.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

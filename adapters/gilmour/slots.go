@@ -114,7 +114,10 @@ func (p *puller) handle(j *jetstream.Job) {
 	case <-p.ctx.Done():
 		return // not acked: redelivered after the ack wait
 	}
-	a.work.Add(1)
+	if !a.track() {
+		<-p.sem
+		return // shutting down: not acked, redelivered after the ack wait
+	}
 	go func() {
 		defer a.work.Done()
 		defer func() { <-p.sem }()

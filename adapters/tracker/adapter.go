@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,7 @@ type Adapter struct {
 	resultsDupeWin time.Duration
 	argonMemory    int
 	orderTTL       time.Duration
+	eventsStream   bool
 
 	env  *bridge.Env
 	q    *Queue
@@ -95,6 +97,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.resultsMaxAge, "tracker-results-max-age", 30*24*time.Hour, "how long stored results are kept")
 	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
 	fs.DurationVar(&a.orderTTL, "tracker-order-refresh", 50*time.Millisecond, "how long claims on this pod reuse the ready queues' per-subject counts (0 = read them on every claim); items queued through another pod may wait this long for their place in the order")
+	fs.BoolVar(&a.eventsStream, "tracker-events-stream", false, "also keep item events in the TRACKER_EVENTS stream (they are always published on core subjects tracker.events.>; storing them costs about a quarter of the per-item throughput)")
 	fs.IntVar(&a.argonMemory, "tracker-argon2-memory", 19*1024, "argon2id memory cost in KiB for new pipeline secrets")
 	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
 }
@@ -105,7 +108,7 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 	if dupe == 0 {
 		dupe = 20 * time.Minute
 	}
-	return jetstream.Assets{
+	assets := jetstream.Assets{
 		Streams: []jetstream.StreamSpec{
 			{Name: streamReady, Description: "tracker: ready tokens of claimable items (work queue)",
 				Subjects: []string{n.Subject("tracker", "ready", ">")}, Retention: jetstream.WorkQueue, AllowDirect: true},
@@ -113,8 +116,10 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 				Subjects: []string{n.Subject("tracker", "stash", ">")}, Retention: jetstream.WorkQueue, Duplicates: time.Hour},
 			{Name: streamResults, Description: "tracker: Item:store results",
 				Subjects: []string{n.Subject("tracker", "results", ">")}, MaxAge: a.resultsMaxAge, Duplicates: dupe},
-			{Name: streamEvents, Description: "tracker: item events and rejected submissions",
-				Subjects: []string{n.Subject("tracker", "events", ">"), n.Subject("tracker", "rejects")}, MaxAge: a.eventsMaxAge},
+			{Name: streamEvents, Description: "tracker: item events",
+				Subjects: []string{n.Subject("tracker", "events", ">")}, MaxAge: a.eventsMaxAge},
+			{Name: streamRejects, Description: "tracker: rejected submissions with the reason",
+				Subjects: []string{n.Subject("tracker", "rejects")}, MaxAge: a.eventsMaxAge},
 			{Name: streamSubmit, Description: "tracker: items submitted by NATS clients (work queue)",
 				Subjects: []string{n.Subject("tracker", "submit")}, Retention: jetstream.WorkQueue, Duplicates: 10 * time.Minute},
 		},
@@ -128,6 +133,10 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 			{Name: bucketConfig, Description: "tracker: pipeline type settings and stashes"},
 		},
 	}
+	if !a.eventsStream {
+		assets.Streams = slices.DeleteFunc(assets.Streams, func(s jetstream.StreamSpec) bool { return s.Name == streamEvents })
+	}
+	return assets
 }
 
 type trackerMetrics struct {

@@ -145,7 +145,7 @@ func BenchmarkTracker(b *testing.B) {
 	srv := jstest.Server(b)
 	js := jstest.Connect(b, srv)
 	a := New()
-	pod := bridgetest.Start(b, js, a, "--tracker-argon2-memory=64")
+	pod := bridgetest.Start(b, js, a, append([]string{"--tracker-argon2-memory=64"}, strings.Fields(os.Getenv("TRACKER_BENCH_FLAGS"))...)...)
 	secrets := make([]string, benchConcurrency)
 	for i := range secrets {
 		secrets[i] = addPipeline(b, pod, fmt.Sprintf("bench%d", i))

@@ -40,14 +40,19 @@ type claimIndex struct {
 	m      map[string]*claimInfo
 	byPipe map[string]map[string]struct{}
 	revs   map[string]uint64 // revision of each indexed claim
-	seen   uint64            // highest revision the watch delivered (revisions are bucket-wide)
-	ready  chan struct{}
-	once   sync.Once
+	// todo caches the latest value of recently queued items (bounded, oldest evicted first) so
+	// that a claim can CAS without reading the record first.
+	todo     map[string]cachedVal
+	todoRing []string
+	todoNext int
+	seen     uint64 // highest revision the watch delivered (revisions are bucket-wide)
+	ready    chan struct{}
+	once     sync.Once
 }
 
 func newClaimIndex() *claimIndex {
 	return &claimIndex{m: map[string]*claimInfo{}, byPipe: map[string]map[string]struct{}{},
-		revs: map[string]uint64{}, ready: make(chan struct{})}
+		revs: map[string]uint64{}, ready: make(chan struct{}), todo: map[string]cachedVal{}, todoRing: make([]string, todoCacheSize)}
 }
 
 func (x *claimIndex) removeLocked(id string) {
@@ -62,6 +67,37 @@ func (x *claimIndex) removeLocked(id string) {
 	}
 }
 
+// todoCacheSize bounds the cache of queued items' values (per pod).
+const todoCacheSize = 16384
+
+type cachedVal struct {
+	rev uint64
+	val []byte
+}
+
+func (x *claimIndex) cacheTodoLocked(id string, rev uint64, val []byte) {
+	if c, ok := x.todo[id]; ok {
+		if c.rev < rev {
+			x.todo[id] = cachedVal{rev, val}
+		}
+		return
+	}
+	if old := x.todoRing[x.todoNext]; old != "" {
+		delete(x.todo, old)
+	}
+	x.todoRing[x.todoNext] = id
+	x.todoNext = (x.todoNext + 1) % len(x.todoRing)
+	x.todo[id] = cachedVal{rev, val}
+}
+
+// todoValue returns the cached value of a queued item.
+func (x *claimIndex) todoValue(id string) (cachedVal, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	c, ok := x.todo[id]
+	return c, ok
+}
+
 // apply records a new revision of an item (r nil = deleted). Watch updates come in revision
 // order; a local update (fromWatch false) is ignored when the watch has already gone past it.
 func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWatch bool) {
@@ -74,6 +110,11 @@ func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWat
 	}
 	if last, ok := x.revs[id]; ok && last >= rev {
 		return
+	}
+	if r != nil && r.Status == StatusTodo {
+		x.cacheTodoLocked(id, rev, val)
+	} else if c, ok := x.todo[id]; ok && c.rev < rev {
+		delete(x.todo, id) // the ring slot is reused later
 	}
 	if r == nil || r.Status != StatusClaimed || r.Claim == nil {
 		x.removeLocked(id)

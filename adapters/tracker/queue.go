@@ -38,6 +38,7 @@ const (
 	streamStash   = "TRACKER_STASH"
 	streamResults = "TRACKER_RESULTS"
 	streamEvents  = "TRACKER_EVENTS"
+	streamRejects = "TRACKER_REJECTS"
 	streamSubmit  = "TRACKER_SUBMIT"
 	bucketItems   = "TRACKER_ITEMS"
 	bucketPipes   = "TRACKER_PIPELINES"
@@ -337,12 +338,14 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		return "", false, err
 	}
 	b, _ := json.Marshal(r)
-	if _, err := q.items.Create(ctx, id, b, 0); err != nil {
+	rev, err := q.items.Create(ctx, id, b, 0)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			return id, true, nil // the token we published is a harmless duplicate
 		}
 		return "", false, fmt.Errorf("enqueue %s: %w", id, err)
 	}
+	q.index.put(id, r, rev, b)
 	if r.Status == StatusStashed {
 		q.event(r, "stashed", "", "", -1)
 	} else {
@@ -584,7 +587,14 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 			}
 			for budget > 0 {
 				budget--
-				jobs, err := cons.FetchNoWait(1)
+				var jobs []*jetstream.Job
+				if fresh {
+					// the counts were just read and say there is something: a no-wait pull
+					// can miss a message stored a moment ago, so wait a little for it
+					jobs, err = cons.Fetch(ctx, 1, 10*time.Millisecond)
+				} else {
+					jobs, err = cons.FetchNoWait(1)
+				}
 				if err != nil {
 					q.dropConsumer(c.subject)
 					return nil, fmt.Errorf("claim %s: %w", ptype, err)
@@ -621,7 +631,13 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		return nil, nil
 	}
 	young := time.Since(job.Time) < tokenGrace
-	ent, err := q.items.Get(ctx, tok.ID)
+	var ent jetstream.Entry
+	var err error
+	if c, ok := q.index.todoValue(tok.ID); ok {
+		ent = jetstream.Entry{Key: tok.ID, Value: c.val, Revision: c.rev} // a stale value fails the CAS below
+	} else {
+		ent, err = q.items.Get(ctx, tok.ID)
+	}
 	behind := 0 // times the record was found behind the token
 	for {
 		if err != nil && !errors.Is(err, jetstream.ErrNotFound) {

@@ -67,7 +67,7 @@ func TestSchemas(t *testing.T) {
 	validate(t, "item-claim.response.json", []byte(`{"item":null,"message":"No items found."}`))
 
 	// live payloads
-	e := newEnv(t, "--tracker-max-tries=1")
+	e := newEnv(t, "--tracker-max-tries=1", "--tracker-events-stream")
 	secret := addPipeline(t, e.pod, "p1")
 	ctx := ctxT(t)
 	ids := queueItems(t, e.pod, map[string]any{"item": "https://s/", "pipeline_type": "brozzler", "queued_by": "bob",
@@ -122,7 +122,7 @@ func TestSchemas(t *testing.T) {
 		t.Fatal(err)
 	}
 	jstest.Eventually(t, 10*time.Second, func() error {
-		m, err := e.js.LastMsg(ctx, streamEvents, e.js.Subject("tracker", "rejects"))
+		m, err := e.js.LastMsg(ctx, streamRejects, e.js.Subject("tracker", "rejects"))
 		if err != nil {
 			return err
 		}

@@ -220,7 +220,13 @@ func (a *Adapter) handleSubmit(j *jetstream.Job) {
 	it, err := DecodeNewItem(j.Data)
 	if err != nil {
 		b, _ := json.Marshal(map[string]any{"reason": err.Error(), "data": string(j.Data), "time": epoch(time.Now())})
-		_ = a.env.JS.PublishCore(a.env.JS.Subject("tracker", "rejects"), b, nil)
+		ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
+		defer cancel()
+		if _, err := a.env.JS.Publish(ctx, a.env.JS.Subject("tracker", "rejects"), b,
+			jetstream.PubOpts{MsgID: fmt.Sprintf("reject:%d:%d", j.Sequence, j.Time.UnixNano())}); err != nil {
+			_ = j.Retry(time.Second)
+			return
+		}
 		_ = j.AckAsync()
 		return
 	}

@@ -17,7 +17,7 @@ import (
 // TestItemLifecycle drives one item through queue → claim → store → finish with the golden frames
 // of the spec (§8), exactly as the reference client sends them.
 func TestItemLifecycle(t *testing.T) {
-	e := newEnv(t, "--tracker-info-url=https://example.org/info")
+	e := newEnv(t, "--tracker-info-url=https://example.org/info", "--tracker-events-stream")
 	secret := addPipeline(t, e.pod, "pipe1")
 	ids := queueItems(t, e.pod, map[string]any{"item": "https://example.com/", "pipeline_type": "brozzler",
 		"priority": 0, "run_on": "", "queued_by": "alice", "metadata": map[string]any{"ua": "$default", "custom_js": nil}})

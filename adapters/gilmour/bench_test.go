@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"sync"
@@ -71,7 +72,8 @@ func benchConnect(b *testing.B, srv *jetstream.Embedded, inProcess bool) *jetstr
 	if !inProcess {
 		return jstest.Connect(b, srv)
 	}
-	c, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{Embedded: srv})
+	c, err := jetstream.Connect(context.Background(), jetstream.ConnConfig{Embedded: srv,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -43,7 +43,9 @@ func benchIngest(b *testing.B, clients, window int) {
 	offsets := make([]uint64, clients)
 	var bridgeRates, rawRates, ratios, sameRates []float64
 	b.ResetTimer()
+	var bridgeCPU, rawCPU []float64
 	for r := 0; r < rounds; r++ {
+		cpu0 := cpuTime()
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, clients)
@@ -77,6 +79,7 @@ func benchIngest(b *testing.B, clients, window int) {
 		}
 		wg.Wait()
 		bridgeRate := float64(per*clients) / time.Since(start).Seconds()
+		bridgeCPU = append(bridgeCPU, float64(cpuTime()-cpu0)/1e3/float64(per*clients))
 		select {
 		case err := <-errs:
 			b.Fatal(err)
@@ -84,6 +87,7 @@ func benchIngest(b *testing.B, clients, window int) {
 		}
 
 		// raw baseline: as many synchronous publishers, same payload, same count
+		cpu0 = cpuTime()
 		start = time.Now()
 		for i := 0; i < clients; i++ {
 			wg.Add(1)
@@ -99,6 +103,7 @@ func benchIngest(b *testing.B, clients, window int) {
 		}
 		wg.Wait()
 		rawRate := float64(per*clients) / time.Since(start).Seconds()
+		rawCPU = append(rawCPU, float64(cpuTime()-cpu0)/1e3/float64(per*clients))
 		select {
 		case err := <-errs:
 			b.Fatal(err)
@@ -135,6 +140,10 @@ func benchIngest(b *testing.B, clients, window int) {
 	b.ReportMetric(median(rawRates), "raw_ev/s")
 	b.ReportMetric(median(ratios), "ratio")
 	b.ReportMetric(median(sameRates), "raw_hdr_msgid_ev/s")
+	// CPU of the whole process (devices, bridge and NATS server) per event: less noisy than rates
+	// on a shared machine
+	b.ReportMetric(median(bridgeCPU), "bridge_cpu_us/ev")
+	b.ReportMetric(median(rawCPU), "raw_cpu_us/ev")
 }
 
 func median(v []float64) float64 {

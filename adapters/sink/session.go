@@ -50,8 +50,8 @@ type session struct {
 	w      *bufio.Writer
 	broken bool
 
-	handshaken bool      // reader goroutine only
-	workers    int       // reader goroutine only
+	handshaken bool // reader goroutine only
+	workers    int  // reader goroutine only
 	br         *bufio.Reader
 	ob         *outbound // reader goroutine only; set after a successful handshake
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -190,7 +191,7 @@ func init() {
 					time.Sleep(10 * time.Millisecond)
 				}
 				if n.slots.Load() < sent.Load() {
-					fmt.Printf("gilmour-signal: %d of %d signals delivered within 30s of the end\n", n.slots.Load(), sent.Load())
+					fmt.Fprintf(os.Stderr, "gilmour-signal: %d of %d signals delivered within 30s of the end\n", n.slots.Load(), sent.Load())
 				}
 				cleanup()
 			}, nil

@@ -231,3 +231,19 @@ func FuzzDecodeBase85(f *testing.F) {
 		_, _ = DecodeBase85(s)
 	})
 }
+
+func TestNameRules(t *testing.T) {
+	for _, c := range []struct {
+		rule nameRule
+		s    string
+		ok   bool
+	}{
+		{reID, "6f1c6a52-1b1e-4c55-9a43-0f5a9e0f4a11", true}, {reID, "a_b", false}, {reID, "-a", false}, {reID, "", false},
+		{reID, strings.Repeat("a", 64), true}, {reID, strings.Repeat("a", 65), false}, {reID, "a.b", false}, {reID, "é", false},
+		{reTypeTok, "brozzler_v2", true}, {reTypeTok, "_x", false}, {reName, "pipe-1", true}, {reName, "pipe_1", false},
+	} {
+		if got := c.rule.MatchString(c.s); got != c.ok {
+			t.Errorf("%s.MatchString(%q) = %v", c.rule, c.s, got)
+		}
+	}
+}

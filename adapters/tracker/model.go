@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"slices"
 	"time"
 )
@@ -143,11 +142,38 @@ func uuidString(b [16]byte) string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
+// nameRule is a name pattern: an ASCII letter or digit, then up to 63 letters, digits, '-' (and
+// '_' when underscore is set). Checked by hand: this runs on every command.
+type nameRule struct {
+	underscore bool
+	pattern    string
+}
+
 var (
-	reID      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
-	reName    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
-	reTypeTok = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	reID      = nameRule{false, `^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`}
+	reName    = nameRule{false, `^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`}
+	reTypeTok = nameRule{true, `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`}
 )
+
+func (n nameRule) String() string { return n.pattern }
+
+// MatchString reports whether s follows the rule.
+func (n nameRule) MatchString(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && c == '-':
+		case i > 0 && c == '_' && n.underscore:
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // NewItem is an item to enqueue, as the admin API and the submit subject take it.
 type NewItem struct {

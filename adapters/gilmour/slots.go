@@ -159,11 +159,11 @@ func (p *puller) deliver(j *jetstream.Job, m member, topic string) {
 		return // pod stopping: not acked, another pod redelivers after the ack wait
 	}
 	if err == nil && status/100 == 2 {
-		actx, acancel := context.WithTimeout(a.ctx, 10*time.Second)
-		if err := j.Ack(actx); err != nil {
+		// not waiting for the server's confirmation: a lost ack means one more delivery
+		// (at least once), never a lost signal
+		if err := j.AckAsync(); err != nil {
 			a.log.Debug("gilmour: ack signal", "topic", topic, "err", err)
 		}
-		acancel()
 		a.met.signal(topic, "delivered", time.Since(start))
 		return
 	}

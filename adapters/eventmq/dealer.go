@@ -120,6 +120,18 @@ func (d *Dealer) Send(frames ...[]byte) error {
 	return err
 }
 
+// SendMany writes several multipart messages with one write.
+func (d *Dealer) SendMany(msgs ...[][]byte) error {
+	var buf []byte
+	for _, m := range msgs {
+		buf = zmtp.AppendMessage(buf, m)
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	_, err := d.conn.Write(buf)
+	return err
+}
+
 // SendStrings writes one multipart message of strings.
 func (d *Dealer) SendStrings(frames ...string) error {
 	b := make([][]byte, len(frames))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,16 +42,12 @@ func StartLoad(ctx context.Context, js *jetstream.Client, frontend, backend stri
 		"kwargs": map[string]any{}, "class_args": []any{}, "class_kwargs": map[string]any{}}})
 	l.payload = string(b)
 	var err error
-	l.sub, err = js.Subscribe(js.Subject("eventmq", "results", ">"), "", func(m *jetstream.Msg) {
-		var rec struct {
-			MsgID string `json:"msgid"`
-		}
-		if json.Unmarshal(m.Data, &rec) != nil {
-			return
-		}
+	prefix := js.Subject("eventmq", "results") + "."
+	l.sub, err = js.Subscribe(prefix+">", "", func(m *jetstream.Msg) {
+		id := strings.TrimPrefix(m.Subject, prefix) // msgids made by NewID need no unescaping
 		l.mu.Lock()
-		ch := l.waiting[rec.MsgID]
-		delete(l.waiting, rec.MsgID)
+		ch := l.waiting[id]
+		delete(l.waiting, id)
 		l.mu.Unlock()
 		if ch != nil {
 			close(ch)
@@ -116,9 +113,10 @@ func (l *Load) work(w *Dealer) {
 			}
 		case CmdRequest:
 			if len(m.Body) == 3 && string(m.Body[1]) == "reply-requested" {
-				_ = w.Send(Encode(CmdReply, `{"value": null}`, m.MsgID)...)
+				_ = w.SendMany(Encode(CmdReply, `{"value": null}`, m.MsgID), Encode(CmdReady))
+			} else {
+				_ = w.Send(Encode(CmdReady)...)
 			}
-			_ = w.Send(Encode(CmdReady)...)
 		}
 	}
 }

@@ -366,11 +366,13 @@ func (a *Adapter) loop(period time.Duration, fn func(context.Context)) {
 }
 
 // reannouncer announces waiting tasks when a node or a subscriber connects: at once (at most once
-// a second) and once more a moment later, for subscribers whose subscription was still on its way.
+// a second), then again 250 ms and 1 s later, for subscribers whose subscription was still on its
+// way (a PUB socket cannot tell when a new subscriber's subscription arrives).
 func (a *Adapter) reannouncer() {
 	defer a.wg.Done()
 	var later <-chan time.Time
 	var last time.Time
+	again := 0
 	for {
 		select {
 		case <-a.ctx.Done():
@@ -379,11 +381,16 @@ func (a *Adapter) reannouncer() {
 			if later == nil {
 				later = time.After(250 * time.Millisecond)
 			}
+			again = 1
 			if time.Since(last) < time.Second {
 				continue
 			}
 		case <-later:
 			later = nil
+			if again > 0 {
+				again--
+				later = time.After(750 * time.Millisecond)
+			}
 		}
 		last = time.Now()
 		ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)

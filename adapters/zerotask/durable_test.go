@@ -71,6 +71,14 @@ func TestPodDeathRequeues(t *testing.T) {
 
 	pa.Kill(t)
 	jsA.Close()
+	// Requeued once n1's record is stale, and announced again (an earlier announcement may also
+	// be in nsub's queue, so the status decides when to ask).
+	jstest.Eventually(t, 15*time.Second, func() error {
+		if st := call(t, client, "client_task_status", []any{cid, tid}); string(st) != "1000" {
+			return fmt.Errorf("status %s", st)
+		}
+		return nil
+	})
 	waitFor(t, nsub, "zerotask.node.task_ready", tid)
 	if obj := call(t, n2, "node_task_request", []any{n2id, tid}); !strings.Contains(string(obj), n2id) {
 		t.Fatalf("requeued task: %s", obj)

@@ -416,7 +416,15 @@ func TestPyNodeDies(t *testing.T) {
 		t.Fatalf("assigned task given twice: %s", r)
 	}
 	doomed.kill()
-	d.wait("sub", "zerotask.node.task_ready", tid) // announced again
+	// Requeued at once (the connection closed) and announced again; an announcement made while the
+	// task still waited may also be queued on the SUB socket, so the status decides when to ask.
+	jstest.Eventually(t, 15*time.Second, func() error {
+		if st := result(t, d.send("client", rpcFrame("client_task_status", []any{cid, tid}, "s")), "s"); string(st) != "1000" {
+			return fmt.Errorf("status %s", st)
+		}
+		return nil
+	})
+	d.wait("sub", "zerotask.node.task_ready", tid)
 	r := result(t, d.send("node", rpcFrame("node_task_request", []any{n2, tid}, "7")), "7")
 	var obj map[string]any
 	if json.Unmarshal(r, &obj) != nil || obj["_node"] != n2 {

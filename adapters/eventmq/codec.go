@@ -1,6 +1,3 @@
-// Package eventmq is the EventMQ eMQP/1.0 broker of jetbridge: the router's frontend (clients and
-// schedulers), backend (job managers), administrative socket and publisher device, with jobs kept
-// on a JetStream work queue, schedules in KV and published messages on core NATS subjects.
 package eventmq
 
 import (

@@ -250,6 +250,33 @@ func (a *Adapter) acceptLoop(ln net.Listener) {
 // another pod).
 func (a *Adapter) watchOwners(ch <-chan jetstream.Entry) {
 	defer a.wg.Done()
+	delay := 100 * time.Millisecond
+	for {
+		a.ownerUpdates(ch)
+		if a.ctx.Err() != nil {
+			return
+		}
+		// the watch ended without us asking (NATS trouble): watch again
+		a.log.Warn("sink: connection-owner watch ended, restarting")
+		select {
+		case <-time.After(delay):
+		case <-a.ctx.Done():
+			return
+		}
+		delay = min(delay*2, 5*time.Second)
+		next, err := a.reg.state.Watch(a.ctx, "conn.*", false)
+		if err != nil {
+			a.log.Warn("sink: connection-owner watch", "err", err)
+			ch = closedEntries
+			continue
+		}
+		ch, delay = next, 100*time.Millisecond
+	}
+}
+
+var closedEntries = func() chan jetstream.Entry { c := make(chan jetstream.Entry); close(c); return c }()
+
+func (a *Adapter) ownerUpdates(ch <-chan jetstream.Entry) {
 	for e := range ch {
 		if e.Key == "" || e.Deleted {
 			continue

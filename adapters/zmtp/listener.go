@@ -117,6 +117,11 @@ func newListener(ctx context.Context, addr string, opts Options, hooks socketHoo
 	if err != nil {
 		return nil, fmt.Errorf("zmtp listen %s: %w", addr, err)
 	}
+	return wrapListener(ln, opts, hooks), nil
+}
+
+// wrapListener makes a listener of an already bound net.Listener; opts must have its defaults.
+func wrapListener(ln net.Listener, opts Options, hooks socketHooks) *listener {
 	l := &listener{
 		opts:   opts,
 		log:    opts.Logger.With("listener", opts.Name, "socket", hooks.localType()),
@@ -130,7 +135,7 @@ func newListener(ctx context.Context, addr string, opts Options, hooks socketHoo
 	var seed [4]byte
 	_, _ = rand.Read(seed[:])
 	l.nextID.Store(binary.BigEndian.Uint32(seed[:]))
-	return l, nil
+	return l
 }
 
 // start launches the accept loop; the socket must be fully wired to l

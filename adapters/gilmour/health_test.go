@@ -52,6 +52,7 @@ func TestHealthTransitions(t *testing.T) {
 
 	n.health.Store(503)
 	waitStatus(t, e.url, id, StatusUnavailable)
+	e.waitView(id, StatusUnavailable) // this pod paused the node's subscriptions
 	waitServedCode(t, e.url, sender, "hsvc", 404)
 	for i := 0; i < 5; i++ {
 		if code, _ := call(t, "POST", e.url+"/signal/"+sender, map[string]any{"topic": "hsig", "message": i}); code != 200 {
@@ -200,5 +201,30 @@ func TestSignalsWaitForUnreachableNode(t *testing.T) {
 	}
 	if _, err := e.js.LastMsg(t.Context(), "DLQ", "dlq.gilmour.slot.later"); err == nil {
 		t.Fatal("a signal was dead-lettered while its node was unreachable")
+	}
+}
+
+// TestGroupSkipsUnavailableMember: while one member of an exclusion group is unavailable, the
+// group's signals go to the other member.
+func TestGroupSkipsUnavailableMember(t *testing.T) {
+	e := newEnv(t)
+	a, b := newNode(t), newNode(t)
+	for _, n := range []*testNode{a, b} {
+		n.handle("/slot", func(HandlerCall) (int, any) { return 200, "" })
+	}
+	slot := map[string]any{"slots": []map[string]any{{"topic": "shared", "group": "gg", "path": "/slot"}}}
+	ida := a.register(e.url, slot)
+	b.register(e.url, slot)
+	a.health.Store(500)
+	e.waitView(ida, StatusUnavailable)
+	before := len(a.callsOf("/slot"))
+	for i := 0; i < 10; i++ {
+		if code, body := call(t, "POST", e.url+"/signal/"+ida, map[string]any{"topic": "shared", "message": i}); code != 200 {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	b.waitCalls("/slot", 10, 10*time.Second)
+	if got := len(a.callsOf("/slot")); got != before {
+		t.Fatalf("unavailable member got %d signals", got-before)
 	}
 }

@@ -28,15 +28,31 @@ type env struct {
 	srv *jetstream.Embedded
 	js  *jetstream.Client
 	pod *bridgetest.Pod
+	ad  *Adapter
 	url string
+}
+
+// waitView waits until this env's pod sees node id with status (its subscriptions follow).
+func (e *env) waitView(id, status string) {
+	e.t.Helper()
+	jstest.Eventually(e.t, 10*time.Second, func() error {
+		e.ad.mu.Lock()
+		r, ok := e.ad.nodes[id]
+		e.ad.mu.Unlock()
+		if !ok || r.Status != status {
+			return fmt.Errorf("pod sees %s as %q", id, r.Status)
+		}
+		return nil
+	})
 }
 
 func newEnv(t *testing.T, args ...string) *env {
 	t.Helper()
 	srv := jstest.Server(t)
 	js := jstest.Connect(t, srv)
-	p := bridgetest.Start(t, js, New(), append(append([]string{}, fastFlags...), args...)...)
-	return &env{t: t, srv: srv, js: js, pod: p, url: "http://" + p.Addrs["gilmour"]}
+	ad := New()
+	p := bridgetest.Start(t, js, ad, append(append([]string{}, fastFlags...), args...)...)
+	return &env{t: t, srv: srv, js: js, pod: p, ad: ad, url: "http://" + p.Addrs["gilmour"]}
 }
 
 // secondPod starts another pod on the same NATS server.

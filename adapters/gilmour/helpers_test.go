@@ -44,6 +44,7 @@ func (e *env) waitView(id, status string) {
 		}
 		return nil
 	})
+	e.ad.reconcile() // serialised with the watch's own: once it returns, the view is applied
 }
 
 func newEnv(t *testing.T, args ...string) *env {

@@ -165,6 +165,7 @@ func (a *Adapter) reconcile() {
 	for k, p := range a.pullers {
 		if _, ok := wantSlots[k]; !ok {
 			delete(a.pullers, k)
+			p.cancel() // no new delivery starts from now on
 			a.wg.Add(1)
 			go func() { defer a.wg.Done(); p.stop() }()
 		}

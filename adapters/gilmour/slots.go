@@ -95,6 +95,9 @@ func (p *puller) run() {
 
 func (p *puller) handle(j *jetstream.Job) {
 	a := p.a
+	if p.ctx.Err() != nil {
+		return // paused or stopping: not acked, redelivered after the ack wait
+	}
 	topic := a.bus.topicOf(j.Subject)
 	if !p.exact && !GlobMatch(p.key.Pattern, topic) {
 		_ = j.AckAsync() // under the NATS filter, but not matched by the glob

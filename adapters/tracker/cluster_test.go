@@ -16,7 +16,7 @@ import (
 func TestTwoPods(t *testing.T) {
 	srv := jstest.Server(t)
 	jsA, jsB := jstest.Connect(t, srv), jstest.Connect(t, srv)
-	args := []string{"--tracker-lease=1500ms", "--tracker-sweep-interval=100ms"}
+	args := []string{"--tracker-lease=3s", "--tracker-sweep-interval=100ms"}
 	podA := bridgetest.Start(t, jsA, New(), args...)
 	podB := bridgetest.Start(t, jsB, New(), args...)
 	secret := addPipeline(t, podA, "p1")
@@ -29,6 +29,15 @@ func TestTwoPods(t *testing.T) {
 	if first.Item.ID != ids[0] {
 		t.Fatalf("claim via A: %+v", first.Item)
 	}
+	// pings through pod B renew the lease of the claim made through pod A
+	lease0 := getItem(t, podA, ids[0]).Claim.LeaseUntil
+	jstest.Eventually(t, 5*time.Second, func() error {
+		cb.expect(cb.call("System:ping", nil), 204)
+		if l := getItem(t, podA, ids[0]).Claim.LeaseUntil; l <= lease0 {
+			return fmt.Errorf("lease not renewed: %v", l)
+		}
+		return nil
+	})
 	cb.expect(cb.call("Item:store", map[string]any{"id": ids[0], "result_type": "final_url", "attempt": 0, "result": "https://one/"}), 201)
 	cb.expect(cb.call("Item:finish", map[string]any{"id": ids[0]}), 204)
 	if r := getItem(t, podA, ids[0]); r.Status != StatusDone {
@@ -71,7 +80,7 @@ func TestTwoPods(t *testing.T) {
 // TestLeaseExpiryAdvisory: a claim whose lease runs out is requeued with an Item:revoked advisory
 // to the claimant; a pipeline that pings keeps its claim.
 func TestLeaseExpiryAdvisory(t *testing.T) {
-	e := newEnv(t, "--tracker-lease=1s", "--tracker-sweep-interval=50ms")
+	e := newEnv(t, "--tracker-lease=1500ms", "--tracker-sweep-interval=50ms")
 	secret := addPipeline(t, e.pod, "p1")
 	ids := queueItems(t, e.pod, map[string]any{"item": "https://lost/", "pipeline_type": "t"},
 		map[string]any{"item": "https://kept/", "pipeline_type": "t"})
@@ -84,8 +93,8 @@ func TestLeaseExpiryAdvisory(t *testing.T) {
 	if cl := keeper.claim("t"); cl.Item.ID != ids[1] {
 		t.Fatalf("claim: %+v", cl)
 	}
-	// the keeper pings every 200 ms for 2.5 leases
-	stop := time.Now().Add(2500 * time.Millisecond)
+	// the keeper pings every 200 ms for more than two leases
+	stop := time.Now().Add(3500 * time.Millisecond)
 	for time.Now().Before(stop) {
 		keeper.expect(keeper.call("System:ping", nil), 204)
 		time.Sleep(200 * time.Millisecond) // the client's ping cadence, not synchronisation

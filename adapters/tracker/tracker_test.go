@@ -3,6 +3,7 @@ package tracker
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
@@ -415,4 +416,36 @@ func TestHelloVariants(t *testing.T) {
 	ok := connect(t, e.pod.Addrs["tracker"], "p1", secret, false)
 	ok.raw(`{"v": "x", "p": 1}`)
 	ok.expect(ok.call("System:ping", nil), 204)
+}
+
+// TestGarbageFramesKeepConnection: random bytes, binary frames and half-valid JSON never wedge the
+// connection: each gets an error frame and a ping still works afterwards.
+func TestGarbageFramesKeepConnection(t *testing.T) {
+	e := newEnv(t)
+	secret := addPipeline(t, e.pod, "p1")
+	c := connect(t, e.pod.Addrs["tracker"], "p1", secret, true)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200; i++ {
+		n := rnd.IntN(300)
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(rnd.IntN(256))
+		}
+		if i%3 == 0 && n > 2 {
+			b[0], b[n-1] = '{', '}'
+		}
+		typ := websocket.TextMessage
+		if i%5 == 0 {
+			typ = websocket.BinaryMessage
+		}
+		if err := c.c.WriteMessage(typ, b); err != nil {
+			t.Fatal(err)
+		}
+		r := c.read()
+		if r.Status < 400 {
+			t.Fatalf("garbage %q answered %s", b, r.Raw)
+		}
+	}
+	c.seq = 1000
+	c.expect(c.call("System:ping", nil), 204)
 }

@@ -475,7 +475,7 @@ func TestDurableFanOutWithGroups(t *testing.T) {
 	a := consume("GROUP_A", 3)
 	b := consume("GROUP_B", 1)
 	for _, g := range []*got{a, b} {
-		jstest.Eventually(t, 10*time.Second, func() error {
+		jstest.Eventually(t, 30*time.Second, func() error {
 			g.mu.Lock()
 			defer g.mu.Unlock()
 			if len(g.seen) != 20 {

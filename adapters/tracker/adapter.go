@@ -1,6 +1,25 @@
 // Package tracker serves the Tracker protocol (mnbot's work-item protocol for crawler pipelines,
 // v1) over WebSocket, on JetStream: items are KV records with CAS, claimable items are tokens on a
 // work-queue stream, results go to a results stream and every change is an event on a subject.
+//
+// Layout: codec.go (frames ↔ structs, no I/O), session.go (one connection: hello, one request at a
+// time), queue.go/index.go/stash.go (the mapping onto JetStream), auth.go (pipelines, argon2id),
+// admin.go (admin API under /api/v1/tracker), adapter.go (bridge.Adapter, listener, sweeper).
+//
+// Behaviour worth knowing (the spec's Decisions settle the rest):
+//   - A claim is the item record's state (status claimed, claim{pipeline, attempt, lease_until,
+//     pod}); any pod can finish/fail/store it. Leases are renewed by System:ping (rewritten once a
+//     tenth of the lease has passed); every pod sweeps expired leases, the record's CAS picks one
+//     winner, which requeues (or errors out after max tries) and publishes Item:revoked on
+//     tracker.advisory.<pipeline>; every pod writes it to its connections of that pipeline.
+//   - Claim order: pipeline-specific before general, ascending priority + attempts, FIFO. The
+//     per-subject counts of the ready stream are reused for --tracker-order-refresh (50 ms), so an
+//     item queued through another pod may take that long to get its place in the order.
+//   - The claimed item's attempts are objects {pipeline, pipeline_version, time, error} (the
+//     reference server sends nulls there through a bug; the reference client does not read them).
+//   - The claim rate limit (claims_per_minute) is per pod; the budget (open claims) is global.
+//   - Item events always go to core subjects tracker.events.<type>.<event>; storing them in the
+//     TRACKER_EVENTS stream is opt-in (--tracker-events-stream) because it costs throughput.
 package tracker
 
 import (

@@ -122,6 +122,21 @@ func TestItemLifecycle(t *testing.T) {
 	if string(r.Payload) != `{"item":null,"message":"No items found."}` {
 		t.Fatalf("empty claim payload: %s", r.Payload)
 	}
+	// metrics
+	mfs, err := e.pod.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, mf := range mfs {
+		seen[mf.GetName()] = true
+	}
+	for _, name := range []string{"jetbridge_tracker_claims_total", "jetbridge_tracker_finishes_total", "jetbridge_tracker_fails_total",
+		"jetbridge_tracker_revocations_total", "jetbridge_tracker_stores_total", "jetbridge_command_duration_seconds", "jetbridge_connections"} {
+		if !seen[name] {
+			t.Errorf("metric %s missing", name)
+		}
+	}
 	// item events were published
 	ev, err := e.js.SubjectCounts(ctx, streamEvents, "tracker.events.>")
 	if err != nil {

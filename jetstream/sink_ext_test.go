@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,4 +77,43 @@ func TestConsumeDrainHandsBufferedMessages(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestPublishLean(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	ctx := context.Background()
+	if _, err := js.Provision(ctx, jetstream.Assets{Streams: []jetstream.StreamSpec{
+		{Name: "PL", Subjects: []string{"pl.>"}},
+		{Name: "PLFULL", Subjects: []string{"plfull.>"}, MaxMsgs: 1, DiscardNew: true},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	h := jetstream.Header{}
+	h.Set("X-A", "1")
+	a1, err := js.PublishLean(ctx, "pl.a", []byte("one"), h, "id-1")
+	if err != nil || a1.Stream != "PL" || a1.Sequence != 1 || a1.Duplicate {
+		t.Fatalf("first: %+v %v", a1, err)
+	}
+	if _, err := js.PublishLean(ctx, "pl.a", []byte("two"), nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	dup, err := js.PublishLean(ctx, "pl.a", []byte("other"), nil, "id-1")
+	if err != nil || !dup.Duplicate || dup.Sequence != 1 {
+		t.Fatalf("duplicate: %+v %v", dup, err)
+	}
+	m, err := js.GetMsg(ctx, "PL", 1)
+	if err != nil || string(m.Data) != "one" || m.Header.Get("X-A") != "1" {
+		t.Fatalf("stored: %+v %v", m, err)
+	}
+	if _, err := js.PublishLean(ctx, "plfull.a", []byte("x"), nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishLean(ctx, "plfull.a", []byte("y"), nil, ""); err == nil || !strings.Contains(err.Error(), "maximum messages") {
+		t.Fatalf("full stream: %v", err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := js.PublishLean(tctx, "nostream.a", []byte("x"), nil, ""); err == nil {
+		t.Fatal("publish without a stream succeeded")
+	}
 }

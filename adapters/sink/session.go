@@ -58,6 +58,9 @@ type session struct {
 	closeOnce sync.Once
 	reason    atomic.Value // string
 	closing   atomic.Bool
+
+	subjMu   sync.Mutex
+	subjects map[string]string
 }
 
 // serve runs one accepted TCP connection until it ends.
@@ -445,6 +448,23 @@ type pubJob struct {
 // worker writes inbound events. Workers are started when every existing one is busy and live as
 // long as the connection, so a connection never starts a goroutine per event (at most
 // --sink-max-inflight workers).
+// subjIn is the inbound subject of an event type (cached: a device uses few types).
+func (s *session) subjIn(typ string) string {
+	s.subjMu.Lock()
+	defer s.subjMu.Unlock()
+	if subj, ok := s.subjects[typ]; ok {
+		return subj
+	}
+	subj := s.a.env.JS.Subject("sink", "in", s.clientID, typ)
+	if s.subjects == nil {
+		s.subjects = map[string]string{}
+	}
+	if len(s.subjects) < 64 {
+		s.subjects[typ] = subj
+	}
+	return subj
+}
+
 func (s *session) worker() {
 	for {
 		s.idle.Add(1)
@@ -466,16 +486,18 @@ func (s *session) ingest(id uint16, ev Event) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
-	subj := a.env.JS.Subject("sink", "in", s.clientID, strconv.FormatUint(ev.TypeID, 10))
-	h := jetstream.Header{}
-	h.Set(HdrClient, s.clientID)
-	h.Set(HdrEventType, strconv.FormatUint(ev.TypeID, 10))
-	h.Set(HdrSchemaVersion, strconv.FormatUint(ev.SchemaVersion, 10))
-	h.Set(HdrKey, base64.StdEncoding.EncodeToString(ev.Key))
-	h.Set(HdrOffset, strconv.FormatUint(ev.Offset, 10))
-	h.Set(HdrTimestamp, strconv.FormatUint(ev.Timestamp, 10))
-	msgID := "sink:" + s.clientID + ":" + strconv.FormatUint(ev.TypeID, 10) + ":" + keyID(ev.Key) + ":" + strconv.FormatUint(ev.Offset, 10)
-	ack, err := a.env.JS.Publish(ctx, subj, ev.Data, jetstream.PubOpts{MsgID: msgID, Header: h})
+	typ := strconv.FormatUint(ev.TypeID, 10)
+	off := strconv.FormatUint(ev.Offset, 10)
+	h := jetstream.Header{ // canonical header names, set without Set's canonicalisation
+		HdrClient:        {s.clientID},
+		HdrEventType:     {typ},
+		HdrSchemaVersion: {strconv.FormatUint(ev.SchemaVersion, 10)},
+		HdrKey:           {base64.StdEncoding.EncodeToString(ev.Key)},
+		HdrOffset:        {off},
+		HdrTimestamp:     {strconv.FormatUint(ev.Timestamp, 10)},
+	}
+	msgID := "sink:" + s.clientID + ":" + typ + ":" + keyID(ev.Key) + ":" + off
+	ack, err := a.env.JS.PublishLean(ctx, s.subjIn(typ), ev.Data, h, msgID)
 	if err != nil {
 		a.env.Metrics.Errors.WithLabelValues("sink", "write").Inc()
 		s.log.Warn("sink: event not stored", "type", ev.TypeID, "offset", ev.Offset, "err", err)

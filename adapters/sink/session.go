@@ -484,7 +484,7 @@ func (s *session) worker() {
 func (s *session) ingest(id uint16, ev Event) {
 	a := s.a
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounded; not tied to a.ctx (cheaper, and a killed pod still finishes writes NATS accepted)
 	defer cancel()
 	typ := strconv.FormatUint(ev.TypeID, 10)
 	off := strconv.FormatUint(ev.Offset, 10)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,19 +208,23 @@ func setSize[T int | int64](p *T, v int) { *p = T(v) }
 
 func (a *Adapter) startNATS(ctx context.Context) error {
 	js := a.env.JS
-	if a.pub != nil {
-		sub, err := js.Subscribe(js.Subject("zerotask", "events", "*"), "", func(m *jetstream.Msg) {
-			a.forward(m.Data)
-			if bytes.HasPrefix(m.Data, taskReadyPrefix) {
-				// The spec's name for the same notification, for nodes written against the spec.
-				a.forward(append(append([]byte(nil), brokerNewTaskPrefix...), m.Data[len(taskReadyPrefix):]...))
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("zerotask: %w", err)
+	events, err := js.Subscribe(js.Subject("zerotask", "events", "*"), "", func(m *jetstream.Msg) {
+		if strings.HasSuffix(m.Subject, "."+evResultReady) {
+			a.b.releaseFromEvent(m.Data)
 		}
-		a.eventSub = sub
+		if a.pub == nil {
+			return
+		}
+		a.forward(m.Data)
+		if bytes.HasPrefix(m.Data, taskReadyPrefix) {
+			// The spec's name for the same notification, for nodes written against the spec.
+			a.forward(append(append([]byte(nil), brokerNewTaskPrefix...), m.Data[len(taskReadyPrefix):]...))
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("zerotask: %w", err)
 	}
+	a.eventSub = events
 	sub, err := js.Subscribe(js.Subject("zerotask", "rpc"), "zerotask", func(m *jetstream.Msg) {
 		if !a.acquire() {
 			return

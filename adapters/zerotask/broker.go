@@ -85,6 +85,14 @@ type Broker struct {
 	nodeL map[string]*localEntry // node id → local registration
 	cliL  map[string]*localEntry // client id → local registration
 	cache taskCache
+	// held are the watchdog deliveries this pod holds, by task id: acked as soon as the task is
+	// finished or failed (here or, told by the result event, on any pod) instead of at its next
+	// lease.
+	heldMu   sync.Mutex
+	held     map[string]*jetstream.Job
+	done     map[string]struct{} // tasks done before their delivery came (bounded by doneRing)
+	doneRing []string
+	doneNext int
 }
 
 // connState is what one ZeroMQ connection registered.
@@ -106,7 +114,8 @@ func newBroker(cfg Config, js *jetstream.Client, log *slog.Logger, pod string, m
 		connected:  func(string) bool { return false },
 		reannounce: func() {},
 		conns:      map[string]*connState{}, nodeL: map[string]*localEntry{}, cliL: map[string]*localEntry{},
-		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096)}
+		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096),
+		held: map[string]*jetstream.Job{}, done: map[string]struct{}{}}
 }
 
 func (b *Broker) open(ctx context.Context) error {
@@ -812,6 +821,7 @@ func (b *Broker) nodeTaskDone(ctx context.Context, c caller, params json.RawMess
 	b.mu.Unlock()
 	if changed {
 		b.m.status(status)
+		b.release(tid)
 		b.publish(evResultReady, map[string]any{"task_id": tid})
 	}
 	return true, nil
@@ -1130,6 +1140,7 @@ func (b *Broker) requeue(ctx context.Context, id, node, reason string) error {
 	b.m.status(out.Status)
 	b.m.requeued.Inc()
 	if out.Status == StatusFailed {
+		b.release(out.ID)
 		b.deadLetter(ctx, out, reason)
 		b.publish(evResultReady, map[string]any{"task_id": out.ID})
 		return nil

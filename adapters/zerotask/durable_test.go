@@ -342,3 +342,30 @@ func TestClientMovesToOtherPod(t *testing.T) {
 		return err
 	})
 }
+
+// A finished task's queue message goes at once (the pod holding its delivery acks it when told the
+// result is ready), not at its next lease.
+func TestQueueDrainsOnResult(t *testing.T) {
+	srv := jstest.Server(t)
+	js := jstest.Connect(t, srv)
+	pa := startPod(t, js, "--zerotask-lease=1h")
+	pb := startPod(t, jstest.Connect(t, srv), "--zerotask-lease=1h")
+	nid := str(t, httpCall(t, pb, "node_connect", []any{}))
+	cid := str(t, httpCall(t, pa, "client_connect", []any{}))
+	for i := 0; i < 20; i++ {
+		p := pa
+		if i%2 == 1 {
+			p = pb
+		}
+		tid := str(t, httpCall(t, p, "client_new_task", []any{cid, "add", []int{i}}))
+		httpCall(t, pb, "node_task_request", []any{nid, tid})
+		httpCall(t, pb, "node_task_finished", []any{nid, tid, i})
+	}
+	jstest.Eventually(t, 10*time.Second, func() error {
+		info, err := js.StreamInfo(ctxT(t, 5*time.Second), streamQueue)
+		if err != nil || info.Messages != 0 {
+			return fmt.Errorf("queue holds %d (%v)", info.Messages, err)
+		}
+		return nil
+	})
+}

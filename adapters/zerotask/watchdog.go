@@ -25,7 +25,11 @@ import (
 // watch handles one delivery of a task's queue message.
 func (b *Broker) watch(ctx context.Context, j *jetstream.Job) {
 	if j.Deliveries <= 1 {
-		return // just submitted and announced; hold it for one lease
+		// Just submitted and announced: hold it for one lease (or until the task is done).
+		if i := strings.LastIndexByte(j.Subject, '.'); i >= 0 {
+			b.hold(unkey(j.Subject[i+1:]), j)
+		}
+		return
 	}
 	var q queueMsg
 	if err := json.Unmarshal(j.Data, &q); err != nil || q.ID == "" {
@@ -44,10 +48,13 @@ func (b *Broker) watch(ctx context.Context, j *jetstream.Job) {
 	}
 	switch t.Status {
 	case StatusFinished, StatusFailed:
+		b.release(t.ID)
 		_ = j.AckAsync()
 	case StatusQueued:
+		b.hold(t.ID, j)
 		b.announce(t)
 	case StatusAssigned, StatusRunning:
+		b.hold(t.ID, j)
 		if b.nodeAlive(ctx, t.NodeID) {
 			return
 		}
@@ -205,5 +212,62 @@ func (b *Broker) announceWaiting(ctx context.Context) {
 		if err == nil && t.Status == StatusQueued {
 			b.announce(t)
 		}
+	}
+}
+
+// maxHeld bounds the deliveries a pod remembers (beyond it, they wait for their lease).
+const maxHeld = 100000
+
+// maxDone bounds the ids of tasks done whose delivery was not (yet) held here.
+const maxDone = 16384
+
+// hold remembers the delivery of a task's queue message; a task already done is acked at once
+// (its result event may come before its first delivery).
+func (b *Broker) hold(id string, j *jetstream.Job) {
+	b.heldMu.Lock()
+	if _, done := b.done[id]; done {
+		b.heldMu.Unlock()
+		_ = j.AckAsync()
+		return
+	}
+	if _, ok := b.held[id]; ok || len(b.held) < maxHeld {
+		b.held[id] = j
+	}
+	b.heldMu.Unlock()
+}
+
+// release acknowledges the held delivery of a finished or failed task (its queue message goes),
+// or notes the task as done for a delivery still to come.
+func (b *Broker) release(id string) {
+	b.heldMu.Lock()
+	j := b.held[id]
+	delete(b.held, id)
+	if j == nil {
+		if _, ok := b.done[id]; !ok {
+			if len(b.doneRing) == maxDone {
+				delete(b.done, b.doneRing[b.doneNext])
+				b.doneRing[b.doneNext] = id
+				b.doneNext = (b.doneNext + 1) % maxDone
+			} else {
+				b.doneRing = append(b.doneRing, id)
+			}
+			b.done[id] = struct{}{}
+		}
+	}
+	b.heldMu.Unlock()
+	if j != nil {
+		_ = j.AckAsync()
+	}
+}
+
+// releaseFromEvent handles a task_result_ready notification from any pod.
+func (b *Broker) releaseFromEvent(data []byte) {
+	var n struct {
+		Params struct {
+			TaskID string `json:"task_id"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(data, &n) == nil && n.Params.TaskID != "" {
+		b.release(n.Params.TaskID)
 	}
 }

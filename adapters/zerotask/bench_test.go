@@ -19,13 +19,15 @@ import (
 const benchConcurrency = 16
 
 // runLoad runs n operations over benchConcurrency workers (op gets the worker number) and returns
-// ops/s and the p99.
-func runLoad(b *testing.B, n int, op func(w int) error) (float64, time.Duration) {
+// ops/s and the p99; cpu, when set, receives the process CPU time per operation (the whole process:
+// pod, NATS server and load generator).
+func runLoad(b *testing.B, n int, op func(w int) error, cpu ...*time.Duration) (float64, time.Duration) {
 	b.Helper()
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var failed atomic.Value
 	var wg sync.WaitGroup
+	c0 := processCPU()
 	start := time.Now()
 	for w := 0; w < benchConcurrency; w++ {
 		wg.Add(1)
@@ -47,6 +49,9 @@ func runLoad(b *testing.B, n int, op func(w int) error) (float64, time.Duration)
 	}
 	wg.Wait()
 	el := time.Since(start)
+	if len(cpu) > 0 {
+		*cpu[0] = (processCPU() - c0) / time.Duration(n)
+	}
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatal(err)
 	}
@@ -134,13 +139,15 @@ func benchRoundTrip(b *testing.B, inProcess bool) {
 	const rounds = 3
 	n := max(b.N/rounds, 500)
 	var rawRates, ztRates, ratios []float64
-	var rawP99, ztP99 []time.Duration
+	var rawP99, ztP99, rawCPU, ztCPU []time.Duration
 	b.ResetTimer()
 	for range rounds {
-		r, rp := runLoad(b, n, rawOp)
-		z, zp := runLoad(b, n, ztOp)
+		var rc, zc time.Duration
+		r, rp := runLoad(b, n, rawOp, &rc)
+		z, zp := runLoad(b, n, ztOp, &zc)
 		rawRates, ztRates, ratios = append(rawRates, r), append(ztRates, z), append(ratios, z/r)
 		rawP99, ztP99 = append(rawP99, rp), append(ztP99, zp)
+		rawCPU, ztCPU = append(rawCPU, rc), append(ztCPU, zc)
 	}
 	b.StopTimer()
 	med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
@@ -150,6 +157,10 @@ func benchRoundTrip(b *testing.B, inProcess bool) {
 	b.ReportMetric(med(rawRates), "raw_rt/s")
 	b.ReportMetric(float64(medD(rawP99).Microseconds())/1000, "raw_p99_ms")
 	b.ReportMetric(med(ratios), "ratio")
+	// CPU per round trip (pod + NATS server + load generator) is steadier than throughput on a
+	// shared machine.
+	b.ReportMetric(float64(medD(ztCPU).Microseconds()), "zerotask_cpu_us/rt")
+	b.ReportMetric(float64(medD(rawCPU).Microseconds()), "raw_cpu_us/rt")
 }
 
 // roundTrip passes one task from the worker's client through its node and back.

@@ -60,6 +60,8 @@ type Options struct {
 	DeadLetterStream string
 	// SkipDeadLetter explains a protocol without dead-lettering.
 	SkipDeadLetter string
+	// SkipDeDup explains a protocol whose clients send no idempotency key (the test is skipped).
+	SkipDeDup string
 	// Quiet is how long Receive must find nothing to count as "nothing there" (default 300 ms).
 	Quiet time.Duration
 }
@@ -162,6 +164,9 @@ func Run(t *testing.T, d Driver, opts Options) {
 
 	t.Run("DeDuplicationOnRetry", func(t *testing.T) {
 		// A client retrying a submission (same key, maybe through another pod) creates one unit.
+		if opts.SkipDeDup != "" {
+			t.Skip(opts.SkipDeDup)
+		}
 		e := newEnv(t)
 		a, b := e.pod(), e.pod()
 		key := e.key("dedup")

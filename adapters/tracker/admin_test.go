@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"testing"
 	"time"
@@ -117,5 +118,35 @@ func TestAdminOperations(t *testing.T) {
 	admin(t, e.pod, "GET", "/pipelines", nil, &pl)
 	if len(pl) != 1 || pl[0]["name"] != "p1" || pl[0]["connections"].(float64) != 1 {
 		t.Fatalf("pipelines: %v", pl)
+	}
+}
+
+// TestConsumerRemovedWhileIdle: a ready consumer deleted behind the pod's back (the server does
+// that after a day without pulls) is bound again by the next claim, which succeeds.
+func TestConsumerRemovedWhileIdle(t *testing.T) {
+	e := newEnv(t)
+	secret := addPipeline(t, e.pod, "p1")
+	c := connect(t, e.pod.Addrs["tracker"], "p1", secret, true)
+	queueItems(t, e.pod, map[string]any{"item": "1", "pipeline_type": "t"})
+	if cl := c.claim("t"); cl.Item.ID == "" {
+		t.Fatal("no item")
+	}
+	e.a.q.consMu.Lock()
+	var names []string
+	for subj := range e.a.q.cons {
+		names = append(names, subj)
+	}
+	e.a.q.consMu.Unlock()
+	ctx := ctxT(t)
+	for _, subj := range names {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(subj))
+		if err := e.js.DeleteConsumer(ctx, streamReady, fmt.Sprintf("TRACKER_RQ_%016x", h.Sum64())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := queueItems(t, e.pod, map[string]any{"item": "2", "pipeline_type": "t"})[0]
+	if r := c.call("Item:claim", map[string]any{"pipeline_type": "t"}); r.Status != 200 || !strings.Contains(string(r.Payload), id) {
+		t.Fatalf("claim after the consumer was removed: %s", r.Raw)
 	}
 }

@@ -596,8 +596,15 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 					jobs, err = cons.FetchNoWait(1)
 				}
 				if err != nil {
+					// the consumer may have been removed (idle for a day): bind it again, once
 					q.dropConsumer(c.subject)
-					return nil, fmt.Errorf("claim %s: %w", ptype, err)
+					if cons, err = q.consumer(ctx, c.subject); err == nil {
+						jobs, err = cons.FetchNoWait(1)
+					}
+					if err != nil {
+						q.dropConsumer(c.subject)
+						return nil, fmt.Errorf("claim %s: %w", ptype, err)
+					}
 				}
 				if len(jobs) == 0 {
 					q.emptied(ptype, c.subject)

@@ -28,6 +28,7 @@ const protocol = "zerotask"
 // Adapter is the ZeroTask protocol adapter.
 type Adapter struct {
 	cfg         Config
+	reqTimeout  time.Duration
 	maxInFlight int
 	heartbeat   time.Duration
 	watchBuffer int
@@ -58,7 +59,7 @@ type Adapter struct {
 // New returns the ZeroTask adapter; its configuration comes from the flags it registers.
 func New() *Adapter {
 	return &Adapter{cfg: Config{ResultTTL: 24 * time.Hour, NodeTimeout: 60 * time.Second, Lease: 5 * time.Second, MaxAttempts: 5},
-		maxInFlight: 256, heartbeat: 10 * time.Second, watchBuffer: 64}
+		reqTimeout: 10 * time.Second, maxInFlight: 256, heartbeat: 10 * time.Second, watchBuffer: 64}
 }
 
 // Name implements bridge.Adapter.
@@ -78,6 +79,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.cfg.NodeTimeout, "zerotask-node-timeout", a.cfg.NodeTimeout, "ZeroTask: a node neither connected nor heard of (node_heartbeat) for this long is dropped and its tasks requeued")
 	fs.DurationVar(&a.cfg.Lease, "zerotask-lease", a.cfg.Lease, "ZeroTask: how often a waiting task is announced again and an assigned task's node checked")
 	fs.IntVar(&a.cfg.MaxAttempts, "zerotask-max-attempts", a.cfg.MaxAttempts, "ZeroTask: a task whose node is lost this many times fails and is dead-lettered")
+	fs.DurationVar(&a.reqTimeout, "zerotask-request-timeout", a.reqTimeout, "ZeroTask: a request that cannot complete (JetStream unreachable) is answered -32603 after this long")
 	fs.IntVar(&a.maxInFlight, "zerotask-max-inflight", a.maxInFlight, "ZeroTask: requests served at once by this pod (beyond it, ZeroMQ peers wait)")
 	fs.DurationVar(&a.heartbeat, "zerotask-heartbeat", a.heartbeat, "ZeroTask: ZMTP PING interval to detect dead connections (0 = off)")
 }
@@ -112,6 +114,8 @@ func (a *Adapter) validate() error {
 		return errors.New("--zerotask-lease must be at least 100ms")
 	case a.cfg.MaxAttempts < 1:
 		return errors.New("--zerotask-max-attempts must be at least 1")
+	case a.reqTimeout < 100*time.Millisecond:
+		return errors.New("--zerotask-request-timeout must be at least 100ms")
 	case a.maxInFlight < 1:
 		return errors.New("--zerotask-max-inflight must be at least 1")
 	}
@@ -231,7 +235,7 @@ func (a *Adapter) startNATS(ctx context.Context) error {
 		}
 		go func() {
 			defer a.release()
-			rctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+			rctx, cancel := context.WithTimeout(a.ctx, a.reqTimeout)
 			defer cancel()
 			out := a.b.Handle(rctx, caller{transport: viaNATS}, m.Data)
 			if m.Reply != "" {
@@ -309,7 +313,7 @@ func (a *Adapter) recvLoop() {
 var errFrames = rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: one JSON-RPC object per frame.")
 
 func (a *Adapter) serveZMQ(m zmtp.Message) {
-	ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(a.ctx, a.reqTimeout)
 	defer cancel()
 	var out []byte
 	if body := m.Body(); len(body) != 1 {
@@ -318,7 +322,8 @@ func (a *Adapter) serveZMQ(m zmtp.Message) {
 	} else {
 		out = a.b.Handle(ctx, caller{transport: viaZMQ, conn: string(m.Peer)}, body[0])
 	}
-	if err := a.router.Reply(ctx, m, out); err != nil {
+	// The reply is queued even when the request's own deadline has passed.
+	if err := a.router.Reply(a.ctx, m, out); err != nil {
 		a.log.Debug("zerotask: reply", "peer", fmt.Sprintf("%x", m.Peer), "err", err)
 		return
 	}

@@ -41,7 +41,7 @@ func (a *Adapter) httpRPC(c echo.Context) error {
 		return c.NoContent(http.StatusServiceUnavailable)
 	}
 	defer a.release()
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), a.reqTimeout)
 	defer cancel()
 	return c.JSONBlob(http.StatusOK, a.b.Handle(ctx, caller{transport: viaHTTP}, body))
 }

@@ -136,3 +136,22 @@ func TestFlowGoClient(t *testing.T) {
 		t.Fatalf("second result %s", res)
 	}
 }
+
+// With NATS gone, a call that needs JetStream fails with -32603 (nothing half-written is
+// acknowledged) and the broker keeps answering.
+func TestInternalErrorWithoutNATS(t *testing.T) {
+	srv := jstest.Server(t)
+	js := jstest.Connect(t, srv)
+	p := startPod(t, js, "--zerotask-request-timeout=1s")
+	c := req(t, p)
+	cid := str(t, call(t, c, "client_connect", []any{}))
+	srv.Shutdown()
+	err := c.Call(ctxT(t, 20*time.Second), MethodPrefix+"client_new_task", []any{cid, "add", []int{1}}, nil)
+	var e *ztclient.Error
+	if !errors.As(err, &e) || e.Code != CodeInternal {
+		t.Fatalf("want -32603, got %v", err)
+	}
+	if code := callErr(t, c, "nope", []any{}); code != CodeMethodNotFound {
+		t.Fatalf("broker stopped answering: %d", code)
+	}
+}

@@ -67,6 +67,7 @@ func TestExactCompletionOutOfOrder(t *testing.T) {
 	}
 	w.send(CmdReply, `{"value": null}`, bID)
 	w.send(CmdReady)
+	w.stopBeat()
 	w.send(CmdKBYE)
 	w2 := goWorker(t, p.Addrs[ListenBackend], "")
 	w2.send(CmdReady)

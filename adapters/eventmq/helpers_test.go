@@ -17,8 +17,8 @@ import (
 
 // fastFlags make heartbeats, leases and polls short so that the tests stay fast.
 var fastFlags = []string{
-	"--eventmq-heartbeat-interval=100ms", "--eventmq-heartbeat-timeout=700ms",
-	"--eventmq-lease=2s", "--eventmq-poll-wait=300ms", "--eventmq-schedule-tick=50ms",
+	"--eventmq-heartbeat-interval=100ms", "--eventmq-heartbeat-timeout=1500ms",
+	"--eventmq-lease=5s", "--eventmq-poll-wait=300ms", "--eventmq-schedule-tick=50ms",
 }
 
 func startPod(t testing.TB, js *jetstream.Client, args ...string) *bridgetest.Pod {
@@ -34,8 +34,9 @@ func newServer(t testing.TB) (*jetstream.Embedded, *jetstream.Client) {
 
 // goPeer is a Go DEALER speaking eMQP.
 type goPeer struct {
-	t testing.TB
-	d *Dealer
+	t        testing.TB
+	d        *Dealer
+	stopBeat func()
 }
 
 func dialPeer(t testing.TB, addr, identity string) *goPeer {
@@ -101,7 +102,39 @@ func goWorker(t testing.TB, addr, queues string) *goPeer {
 	if hb.Command != CmdHeartbeat {
 		t.Fatalf("want HEARTBEAT right after ACK, got %s", hb.Command)
 	}
+	w.beat(t)
 	return w
+}
+
+// beat sends HEARTBEAT every 100 ms (as a JobManager does every 3 s) until the test ends or
+// the peer stops.
+func (p *goPeer) beat(t testing.TB) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	p.stopBeat = func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-done
+	}
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				if p.d.Send(Encode(CmdHeartbeat, Timestamp(time.Now()))...) != nil {
+					return
+				}
+			}
+		}
+	}()
+	t.Cleanup(p.stopBeat)
 }
 
 func jobPayload(callable string, args ...any) string {

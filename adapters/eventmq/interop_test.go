@@ -13,6 +13,9 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
+// slowWorkers is for tests whose raw DEALER workers do not send HEARTBEATs.
+const slowWorkers = "--eventmq-heartbeat-timeout=10s"
+
 // waitDone waits until every msgid has a stored result with status done.
 func waitDone(t *testing.T, adminURL string, ids []string, within time.Duration) {
 	t.Helper()
@@ -86,7 +89,7 @@ func TestPyResultOnNATSSubject(t *testing.T) {
 func TestPyQueueWeightsAndUnknownQueue(t *testing.T) {
 	py := startPeers(t)
 	_, js := newServer(t)
-	p := startPod(t, js)
+	p := startPod(t, js, slowWorkers)
 	py.dealer("w", p.Addrs[ListenBackend])
 	py.emqp("w", CmdInform, `[[1, "low"], [10, "high"]]`, TypeWorker)
 	py.recvCmd("w", CmdAck, 5*time.Second)
@@ -132,12 +135,14 @@ func TestPyQueueWeightsAndUnknownQueue(t *testing.T) {
 	if len(fr) != 7 || fr[3] != id || fr[4] != "no-such-queue" {
 		t.Fatalf("default worker got %q", fr)
 	}
+	py.emqp("w", CmdKBYE)
+	py.emqp("wd", CmdKBYE)
 }
 
 func TestPyKBYEWithJobInFlight(t *testing.T) {
 	py := startPeers(t)
 	_, js := newServer(t)
-	p := startPod(t, js)
+	p := startPod(t, js, slowWorkers)
 	py.dealer("a", p.Addrs[ListenBackend])
 	py.emqp("a", CmdInform, "", TypeWorker)
 	py.recvCmd("a", CmdAck, 5*time.Second)
@@ -223,8 +228,8 @@ func TestPyPodKilledWithJobsInFlight(t *testing.T) {
 	e, js1 := newServer(t)
 	js2 := jstest.Connect(t, e)
 	jsDead := jstest.Connect(t, e)
-	p1 := startPod(t, jsDead)
-	p2 := startPod(t, js2)
+	p1 := startPod(t, jsDead, "--eventmq-lease=2s")
+	p2 := startPod(t, js2, "--eventmq-lease=2s")
 	py.jobManager("a", p1.Addrs[ListenBackend], jmOpts{slots: 4, work: time.Hour}) // never finishes
 	py.dealer("client", p2.Addrs[ListenFrontend])
 	var ids []string
@@ -522,7 +527,7 @@ func TestPyMalformedMessagesDoNotHarmOthers(t *testing.T) {
 func TestPyRetryCountCapsAttempts(t *testing.T) {
 	py := startPeers(t)
 	_, js := newServer(t)
-	p := startPod(t, js)
+	p := startPod(t, js, slowWorkers)
 	py.dealer("client", p.Addrs[ListenFrontend])
 	id := py.emqp("client", CmdRequest, "default", "reply-requested,retry-count:1", jobPayload("poison"))
 	py.recvCmd("client", CmdReply, 5*time.Second)

@@ -117,7 +117,8 @@ func TestPublishDeDuplicatesRetries(t *testing.T) {
 
 func TestJobLeaseRetryExtendAndDeadLetter(t *testing.T) {
 	c := jstest.Connect(t, jstest.Server(t))
-	assets := workAssets(c.Names(), 300*time.Millisecond, 10)
+	// The lease is long enough that a loaded machine still renews it in time (Extend every 100 ms).
+	assets := workAssets(c.Names(), time.Second, 10)
 	assets.Merge(jetstream.DeadLetterAssets(c.Names(), 0))
 	if _, err := c.Provision(ctxT(t), assets); err != nil {
 		t.Fatal(err)
@@ -155,7 +156,7 @@ func TestJobLeaseRetryExtendAndDeadLetter(t *testing.T) {
 		t.Fatalf("lease expiry must redeliver the same message: %+v", j2)
 	}
 	// Extend keeps the lease: while extended, nothing is redelivered.
-	deadline := time.Now().Add(900 * time.Millisecond)
+	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if err := j2.Extend(); err != nil {
 			t.Fatal(err)
@@ -490,5 +491,18 @@ func TestDurableFanOutWithGroups(t *testing.T) {
 			}
 		}
 		g.mu.Unlock()
+	}
+}
+
+func TestGetMsgNotFound(t *testing.T) {
+	c := jstest.Connect(t, jstest.Server(t))
+	if _, err := c.Provision(ctxT(t), workAssets(c.Names(), time.Second, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetMsg(ctxT(t), "WORK", 42); !errors.Is(err, jetstream.ErrNotFound) {
+		t.Fatalf("want ErrNotFound, got %v", err)
+	}
+	if _, err := c.LastMsg(ctxT(t), "WORK", "work.none"); !errors.Is(err, jetstream.ErrNotFound) {
+		t.Fatalf("want ErrNotFound, got %v", err)
 	}
 }

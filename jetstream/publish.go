@@ -84,6 +84,9 @@ func (c *Client) GetMsg(ctx context.Context, stream string, seq uint64) (*Msg, e
 	}
 	rm, err := s.GetMsg(ctx, seq)
 	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("stream %s get %d: %w", stream, seq, ErrNotFound)
+		}
 		return nil, fmt.Errorf("stream %s get %d: %w", stream, seq, err)
 	}
 	return &Msg{Subject: rm.Subject, Header: rm.Header, Data: rm.Data, Sequence: rm.Sequence, Time: rm.Time}, nil

@@ -183,4 +183,6 @@ func (w *benchWorker) roundTrip(ctx context.Context) error {
 	return nil
 }
 
-func ztDial(ctx context.Context, addr string) (*ztclient.Req, error) { return ztclient.DialReq(ctx, addr) }
+func ztDial(ctx context.Context, addr string) (*ztclient.Req, error) {
+	return ztclient.DialReq(ctx, addr)
+}

@@ -247,3 +247,24 @@ func TestNameRules(t *testing.T) {
 		}
 	}
 }
+
+func TestPeekRecord(t *testing.T) {
+	r := &Record{ID: "a", Status: StatusClaimed, PipelineType: "t", Claim: &Claim{Pipeline: "p", Attempt: 0, LeaseUntil: 5},
+		Metadata: json.RawMessage(`{"status":"todo"}`)}
+	b, _ := json.Marshal(r)
+	got := peekRecord(b)
+	if got.Status != StatusClaimed || got.Claim == nil || got.Claim.Pipeline != "p" || got.PipelineType != "t" {
+		t.Fatalf("claimed: %+v", got)
+	}
+	r.Status, r.Claim = StatusDone, nil
+	r.Metadata = json.RawMessage(`{"status":"claimed"}`) // a nested look-alike: decoded, still not claimed
+	b, _ = json.Marshal(r)
+	if got := peekRecord(b); got.Status != StatusDone {
+		t.Fatalf("done with nested key: %+v", got)
+	}
+	r.Status, r.Metadata = StatusTodo, nil
+	b, _ = json.Marshal(r)
+	if got := peekRecord(b); got.Status != StatusTodo {
+		t.Fatalf("todo: %+v", got)
+	}
+}

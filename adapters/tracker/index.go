@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -31,6 +32,23 @@ type indexView struct {
 	PipelineType string   `json:"pipeline_type"`
 	ClaimedAt    *float64 `json:"claimed_at"`
 	Claim        *Claim   `json:"claim"`
+}
+
+// peekRecord extracts what the index needs from a stored record, decoding it only when it may be
+// claimed: records are written by json.Marshal, so the top-level status always appears as
+// "status":"<value>" (a nested key with the same text only costs a full decode).
+func peekRecord(val []byte) *Record {
+	if bytes.Contains(val, []byte(`"status":"claimed"`)) {
+		var r indexView
+		if json.Unmarshal(val, &r) != nil {
+			return nil
+		}
+		return &Record{Status: r.Status, PipelineType: r.PipelineType, ClaimedAt: r.ClaimedAt, Claim: r.Claim}
+	}
+	if bytes.Contains(val, []byte(`"status":"todo"`)) {
+		return &Record{Status: StatusTodo} // cached for claims, which decode and check it
+	}
+	return &Record{Status: StatusDone} // not claimed, not todo: only its absence matters
 }
 
 // claimIndex holds every open claim of the whole tracker (all pods), fed by a watch on the items
@@ -225,11 +243,7 @@ func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(
 				x.apply(e.Key, e.Revision, nil, nil, true)
 				continue
 			}
-			var r indexView
-			if json.Unmarshal(e.Value, &r) != nil {
-				continue
-			}
-			x.apply(e.Key, e.Revision, e.Value, &Record{Status: r.Status, PipelineType: r.PipelineType, ClaimedAt: r.ClaimedAt, Claim: r.Claim}, true)
+			x.apply(e.Key, e.Revision, e.Value, peekRecord(e.Value), true)
 		}
 	}
 }

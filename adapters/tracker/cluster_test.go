@@ -145,14 +145,17 @@ func TestLeaseExpiryAdvisory(t *testing.T) {
 	})
 }
 
-// TestConcurrentPipelines: 50 pipelines claim 5,000 items; every item is claimed exactly once at
-// a time and finished exactly once. With -short: 1,000 items.
+// TestConcurrentPipelines: 50 pipelines, spread over two pods, claim 5,000 items; every item is
+// claimed exactly once at a time and finished exactly once. With -short: 1,000 items.
 func TestConcurrentPipelines(t *testing.T) {
 	n := 5000
 	if testing.Short() {
 		n = 1000
 	}
 	e := newEnv(t, "--tracker-argon2-memory=64")
+	// a second pod on the same NATS: pipelines alternate between the two
+	podB := bridgetest.Start(t, jstest.Connect(t, e.srv), New(), "--tracker-argon2-memory=64")
+	addrs := []string{e.pod.Addrs["tracker"], podB.Addrs["tracker"]}
 	const pipes = 50
 	secrets := make([]string, pipes)
 	for i := range secrets {
@@ -171,7 +174,7 @@ func TestConcurrentPipelines(t *testing.T) {
 		cw.Add(1)
 		go func() {
 			defer cw.Done()
-			c, _, err := dialWS(e.pod.Addrs["tracker"], fmt.Sprintf("p%d", p), secrets[p])
+			c, _, err := dialWS(addrs[p%2], fmt.Sprintf("p%d", p), secrets[p])
 			if err != nil {
 				t.Error(err)
 				return

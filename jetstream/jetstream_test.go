@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -504,5 +505,39 @@ func TestGetMsgNotFound(t *testing.T) {
 	}
 	if _, err := c.LastMsg(ctxT(t), "WORK", "work.none"); !errors.Is(err, jetstream.ErrNotFound) {
 		t.Fatalf("want ErrNotFound, got %v", err)
+	}
+}
+
+func TestKVUpdateTTLExpiresAndDetectsConflicts(t *testing.T) {
+	c := jstest.Connect(t, jstest.Server(t))
+	if _, err := c.Provision(ctxT(t), jetstream.Assets{Buckets: []jetstream.BucketSpec{{Name: "TTLS", LimitMarkerTTL: time.Second}}}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := c.KV(ctxT(t), "TTLS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Create(ctxT(t), "k", []byte("v1"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.UpdateTTL(ctxT(t), "k", []byte("v2"), rev+100, time.Second); !errors.Is(err, jetstream.ErrConflict) {
+		t.Fatalf("stale UpdateTTL: want ErrConflict, got %v", err)
+	}
+	if _, err := kv.UpdateTTL(ctxT(t), "k", []byte("v2"), rev, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kv.Get(ctxT(t), "k"); err != nil || string(e.Value) != "v2" {
+		t.Fatalf("after UpdateTTL: %q %v", e.Value, err)
+	}
+	jstest.Eventually(t, 15*time.Second, func() error {
+		if _, err := kv.Get(ctxT(t), "k"); !errors.Is(err, jetstream.ErrNotFound) {
+			return fmt.Errorf("key not expired yet (%v)", err)
+		}
+		return nil
+	})
+	// A conditional publish that loses reports ErrConflict too.
+	if _, err := c.Publish(ctxT(t), "$KV."+c.Names().Asset("TTLS")+".other", []byte("x"), jetstream.PubOpts{ExpectLastSubjectSeq: 999}); !errors.Is(err, jetstream.ErrConflict) {
+		t.Fatalf("want ErrConflict, got %v", err)
 	}
 }

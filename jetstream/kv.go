@@ -20,6 +20,7 @@ var (
 
 // KV is a key-value bucket with compare-and-set helpers.
 type KV struct {
+	c    *Client
 	name string
 	kv   jetstream.KeyValue
 }
@@ -40,7 +41,7 @@ func (c *Client) KV(ctx context.Context, bucket string) (*KV, error) {
 	kv, ok := c.kvs[bucket]
 	c.kvMu.Unlock()
 	if ok {
-		return &KV{name: bucket, kv: kv}, nil
+		return &KV{c: c, name: bucket, kv: kv}, nil
 	}
 	kv, err := c.js.KeyValue(ctx, c.names.Asset(bucket))
 	if err != nil {
@@ -49,7 +50,7 @@ func (c *Client) KV(ctx context.Context, bucket string) (*KV, error) {
 	c.kvMu.Lock()
 	c.kvs[bucket] = kv
 	c.kvMu.Unlock()
-	return &KV{name: bucket, kv: kv}, nil
+	return &KV{c: c, name: bucket, kv: kv}, nil
 }
 
 func entry(e jetstream.KeyValueEntry) Entry {
@@ -96,6 +97,28 @@ func (k *KV) Update(ctx context.Context, key string, val []byte, rev uint64) (ui
 		return 0, fmt.Errorf("kv %s update %s: %w", k.name, key, err)
 	}
 	return nrev, nil
+}
+
+// UpdateTTL is Update that also makes the key expire ttl from now (the bucket needs
+// LimitMarkerTTL). ErrConflict when the revision moved on.
+func (k *KV) UpdateTTL(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	subj := "$KV." + k.c.names.Asset(k.name) + "." + key
+	o := PubOpts{TTL: ttl, ExpectLastSubjectSeq: rev}
+	if rev == 0 {
+		o.ExpectSubjectEmpty = true
+	}
+	ack, err := k.c.Publish(ctx, subj, val, o)
+	if err != nil {
+		return 0, fmt.Errorf("kv %s update %s: %w", k.name, key, unwrapConflict(err))
+	}
+	return ack.Sequence, nil
+}
+
+func unwrapConflict(err error) error {
+	if errors.Is(err, ErrConflict) {
+		return ErrConflict
+	}
+	return err
 }
 
 // Put stores a value unconditionally.

@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -49,6 +50,9 @@ func (c *Client) Publish(ctx context.Context, subject string, data []byte, o Pub
 	}
 	ack, err := c.js.PublishMsg(ctx, msg, opts...)
 	if err != nil {
+		if isWrongLastSeq(err) {
+			return PubAck{}, fmt.Errorf("publish %s: %w", subject, ErrConflict)
+		}
 		return PubAck{}, fmt.Errorf("publish %s: %w", subject, err)
 	}
 	return PubAck{Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
@@ -130,4 +134,15 @@ func (c *Client) Purge(ctx context.Context, stream, subject string) error {
 		return fmt.Errorf("stream %s purge %s: %w", stream, subject, err)
 	}
 	return nil
+}
+
+// isWrongLastSeq reports a failed expected-last-sequence condition (R1 and replicated streams
+// report it with different codes).
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
 }

@@ -110,6 +110,16 @@ func init() {
 				conns[w] = &trackerConn{c: c}
 			}
 			item := map[string]any{"item": "https://example.com/" + string(payloadOf(max(h.Payload-20, 1))), "pipeline_type": ptype, "queued_by": "bench"}
+			// pipelines claim from a backlog, as in production: keep 4 items per worker waiting
+			backlog := make([]map[string]any, 4*h.Concurrency)
+			for i := range backlog {
+				backlog[i] = item
+			}
+			var q struct{ IDs []string }
+			if err := trackerAdmin(ctx, base, "/items", map[string]any{"items": backlog}, &q); err != nil {
+				cleanup()
+				return nil, nil, err
+			}
 			return func(ctx context.Context, w int) error {
 				c := conns[w]
 				var q struct{ IDs []string }

@@ -154,7 +154,10 @@ func (a *Adapter) resultSubject(msgid string) string {
 // Start opens the sockets and starts the broker.
 func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	if a.cfg.heartbeat <= 0 || a.cfg.hbTimeout <= 0 || a.cfg.lease < 100*time.Millisecond || a.cfg.pollWait <= 0 {
-		return errors.New("eventmq: heartbeat interval/timeout, lease and poll wait must be positive")
+		return errors.New("eventmq: heartbeat interval/timeout, lease (>= 100ms) and poll wait must be positive")
+	}
+	if a.cfg.attempts < 1 || a.cfg.maxDeliver < 1 || a.cfg.scheduleTick <= 0 || a.cfg.queueTTL <= 0 || a.cfg.resultTTL <= 0 {
+		return errors.New("eventmq: --eventmq-attempts and --eventmq-max-deliver must be >= 1, schedule tick and TTLs positive")
 	}
 	a.env, a.js, a.log = env, env.JS, env.Log
 	a.ctx, a.cancel = context.WithCancel(context.Background())

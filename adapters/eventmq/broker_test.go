@@ -129,3 +129,67 @@ func TestPullOnlyFreeSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Per-queue metrics, and HEARTBEATs to an idle worker every interval.
+func TestMetricsAndHeartbeatCadence(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js)
+	w := goWorker(t, p.Addrs[ListenBackend], `[[10, "metrics"]]`)
+	w.send(CmdReady)
+	t0 := time.Now()
+	n := 0
+	for time.Since(t0) < time.Second {
+		if m := w.recv(2 * time.Second); m.Command == CmdHeartbeat && len(m.Body) == 1 {
+			n++
+		}
+	}
+	if n < 5 || n > 15 { // every 100 ms
+		t.Fatalf("%d HEARTBEATs in 1s", n)
+	}
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	id := c.send(CmdRequest, "metrics", "reply-requested", jobPayload("m"))
+	req := w.recv(5*time.Second, CmdHeartbeat)
+	w.send(CmdReply, `{"value": 1}`, req.MsgID)
+	w.send(CmdReady)
+	waitDoneGo(t, p.AdminURL, id)
+	eventually(t, 5*time.Second, func() error {
+		mfs, err := p.Registry.Gather()
+		if err != nil {
+			return err
+		}
+		want := map[string]bool{"jetbridge_eventmq_jobs_done_total": false, "jetbridge_eventmq_job_latency_seconds": false,
+			"jetbridge_eventmq_queue_inflight": false, "jetbridge_eventmq_queue_depth": false, "jetbridge_eventmq_workers": false}
+		for _, mf := range mfs {
+			if _, ok := want[mf.GetName()]; !ok {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "queue" && l.GetValue() == "metrics" {
+						want[mf.GetName()] = true
+					}
+				}
+				if mf.GetName() == "jetbridge_eventmq_workers" && m.GetGauge().GetValue() == 1 {
+					want[mf.GetName()] = true
+				}
+			}
+		}
+		for k, ok := range want {
+			if !ok {
+				return errorf("metric %s missing for queue metrics", k)
+			}
+		}
+		return nil
+	})
+}
+
+func waitDoneGo(t *testing.T, adminURL, id string) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() error {
+		var st JobStatus
+		if code := getJSON(t, adminURL+"/api/v1/eventmq/jobs/"+id, &st); code != 200 || st.Status != "done" {
+			return errorf("job %s: %d %+v", id, code, st)
+		}
+		return nil
+	})
+}

@@ -193,3 +193,40 @@ func waitDoneGo(t *testing.T, adminURL, id string) {
 		return nil
 	})
 }
+
+// Queue names and msgids that are not subject tokens (dots, spaces, wildcards) work end to end.
+func TestOddQueueNames(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js)
+	const q = "reports.daily *eu>"
+	w := goWorker(t, p.Addrs[ListenBackend], `[[10, "reports.daily *eu>"]]`)
+	w.send(CmdReady)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	eventually(t, 5*time.Second, func() error {
+		var qs struct{ Queues []QueueStatus }
+		getJSON(t, p.AdminURL+"/api/v1/eventmq/queues", &qs)
+		for _, x := range qs.Queues {
+			if x.Name == q {
+				return nil
+			}
+		}
+		return errorf("queues %+v", qs)
+	})
+	frames := Message{Command: CmdRequest, MsgID: "id.with dots*", Body: fr(q, "reply-requested", jobPayload("r"))}.Frames()
+	if err := c.d.Send(frames...); err != nil {
+		t.Fatal(err)
+	}
+	req := w.recv(5*time.Second, CmdHeartbeat)
+	if req.MsgID != "id.with dots*" || string(req.Body[0]) != q {
+		t.Fatalf("worker got %s %q", req.MsgID, req.Body)
+	}
+	w.send(CmdReply, `{"value": 1}`, req.MsgID)
+	w.send(CmdReady)
+	var st JobStatus
+	eventually(t, 5*time.Second, func() error {
+		if code := getJSON(t, p.AdminURL+"/api/v1/eventmq/jobs/id.with%20dots%2A", &st); code != 200 || st.Status != "done" || st.Queue != q {
+			return errorf("%d %+v", code, st)
+		}
+		return nil
+	})
+}

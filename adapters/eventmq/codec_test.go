@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream"
 )
 
 func fr(s ...string) [][]byte {
@@ -306,5 +308,31 @@ func TestPyFloatRepr(t *testing.T) {
 		if got := pyFloatRepr(f); got != want {
 			t.Errorf("%v: %s want %s", f, got, want)
 		}
+	}
+}
+
+func TestNamesAndTokens(t *testing.T) {
+	for _, q := range []string{"default", "a.b", "with space", "x*y>z", "100%", "ünïcode", strings.Repeat("q", 200), ""} {
+		n := consumerName(q)
+		if !strings.HasPrefix(n, consumerPrefix) || len(n) > 80 {
+			t.Errorf("consumer name %q for %q", n, q)
+		}
+		for _, c := range n {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+				t.Errorf("consumer name %q has %q", n, c)
+			}
+		}
+		if q != "" && untoken(jetstream.Token(q)) != q {
+			t.Errorf("token round trip of %q: %q", q, untoken(jetstream.Token(q)))
+		}
+	}
+	if consumerName("a.b") == consumerName("a_b") {
+		t.Error("a.b and a_b share a consumer")
+	}
+	if !strings.HasPrefix(queueKey("x"), "q.") || !strings.HasPrefix(podKey("p"), "pod.") {
+		t.Error("KV keys")
+	}
+	if untoken("%zz%4") != "%zz%4" {
+		t.Error("bad escapes must stay as they are")
 	}
 }

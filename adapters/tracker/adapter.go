@@ -431,13 +431,22 @@ func (a *Adapter) Drain(ctx context.Context) error {
 		all = append(all, s)
 	}
 	a.mu.Unlock()
+	// each connection is closed as soon as its command in flight (if any) is answered; the
+	// goroutines doing it end within the command timeout and Stop waits for them
+	closed := make(chan struct{}, len(all))
 	for _, s := range all {
-		locked := make(chan struct{})
-		go func() { s.cmdMu.Lock(); close(locked) }()
-		select {
-		case <-locked:
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			s.cmdMu.Lock()
 			s.closeWith(websocket.CloseGoingAway, "server shutting down")
 			s.cmdMu.Unlock()
+			closed <- struct{}{}
+		}()
+	}
+	for range all {
+		select {
+		case <-closed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

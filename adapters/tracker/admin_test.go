@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"fmt"
+	"github.com/gorilla/websocket"
 	"hash/fnv"
 	"strings"
 	"testing"
@@ -148,5 +149,24 @@ func TestConsumerRemovedWhileIdle(t *testing.T) {
 	id := queueItems(t, e.pod, map[string]any{"item": "2", "pipeline_type": "t"})[0]
 	if r := c.call("Item:claim", map[string]any{"pipeline_type": "t"}); r.Status != 200 || !strings.Contains(string(r.Payload), id) {
 		t.Fatalf("claim after the consumer was removed: %s", r.Raw)
+	}
+}
+
+// TestDrainClosesConnections: a drained pod closes its connections with "going away" and refuses
+// new ones.
+func TestDrainClosesConnections(t *testing.T) {
+	e := newEnv(t)
+	secret := addPipeline(t, e.pod, "p1")
+	c := connect(t, e.pod.Addrs["tracker"], "p1", secret, true)
+	c.expect(c.call("System:ping", nil), 204)
+	e.pod.Shutdown(t)
+	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := c.c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errorsAs(err, &ce) || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("want going away, got %v", err)
+	}
+	if _, _, err := dialWS(e.pod.Addrs["tracker"], "p1", secret); err == nil {
+		t.Fatal("drained pod accepted a connection")
 	}
 }

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -347,6 +348,17 @@ func (a *Adapter) apiPublish(c echo.Context) error {
 	ack, err := a.env.JS.Publish(ctx, subj, ev.Data, jetstream.PubOpts{MsgID: msgID, Header: h})
 	if err != nil {
 		return httpErr(http.StatusServiceUnavailable, "store: %v", err)
+	}
+	if ack.Duplicate && ack.Sequence > 0 {
+		// A retry must repeat the event: the same offset with other data is refused (as inbound,
+		// Decision 5). Once delivered (work queue: deleted) there is nothing left to compare with.
+		stored, err := a.env.JS.GetMsg(ctx, StreamOut, ack.Sequence)
+		switch {
+		case err == nil && !bytes.Equal(stored.Data, ev.Data):
+			return httpErr(http.StatusConflict, "data mismatch: offset %d of this key was posted with other data", ev.Offset)
+		case err != nil && !errors.Is(err, jetstream.ErrNotFound):
+			return httpErr(http.StatusServiceUnavailable, "duplicate check: %v", err)
+		}
 	}
 	return c.JSON(http.StatusCreated, EventResponse{Subject: subj, Seq: ack.Sequence, Offset: ev.Offset, Duplicate: ack.Duplicate})
 }

@@ -253,6 +253,10 @@ func TestOutboundDelivery(t *testing.T) {
 	if r := postEvent(t, p.AdminURL, "meter-1", map[string]any{"event_type_id": 9, "key": b64("z"), "offset": 10, "data": b64("x")}); !r.Duplicate {
 		t.Fatalf("re-post not de-duplicated: %+v", r)
 	}
+	// the same offset with other data is refused (not silently reported as a duplicate)
+	if code := apiDo(t, "POST", p.AdminURL+"/api/v1/sink/clients/meter-1/events", map[string]any{"event_type_id": 9, "key": b64("z"), "offset": 10, "data": b64("other")}, nil); code != 409 {
+		t.Fatalf("re-post with other data: %d, want 409", code)
+	}
 }
 
 func TestReconnectResumesOutbound(t *testing.T) {

@@ -292,6 +292,13 @@ func (a *Adapter) apiPutPolicy(c echo.Context) error {
 	return c.JSON(http.StatusOK, p)
 }
 
+// OutboundMsgID is the de-duplication id (Nats-Msg-Id) of an outbound event: the admin API sets
+// it, and a NATS client publishing to sink.out.<client> sets the same to have its retries (and
+// re-posts through the API) stored once.
+func OutboundMsgID(client string, typ uint64, key []byte, offset uint64) string {
+	return "sinkout:" + client + ":" + strconv.FormatUint(typ, 10) + ":" + keyID(key) + ":" + strconv.FormatUint(offset, 10)
+}
+
 func (a *Adapter) apiPublish(c echo.Context) error {
 	var req EventRequest
 	if err := c.Bind(&req); err != nil {
@@ -344,7 +351,7 @@ func (a *Adapter) apiPublish(c echo.Context) error {
 	h.Set(HdrKey, base64.StdEncoding.EncodeToString(ev.Key))
 	h.Set(HdrOffset, strconv.FormatUint(ev.Offset, 10))
 	h.Set(HdrTimestamp, strconv.FormatUint(ev.Timestamp, 10))
-	msgID := "sinkout:" + id + ":" + strconv.FormatUint(ev.TypeID, 10) + ":" + keyID(ev.Key) + ":" + strconv.FormatUint(ev.Offset, 10)
+	msgID := OutboundMsgID(id, ev.TypeID, ev.Key, ev.Offset)
 	ack, err := a.env.JS.Publish(ctx, subj, ev.Data, jetstream.PubOpts{MsgID: msgID, Header: h})
 	if err != nil {
 		return httpErr(http.StatusServiceUnavailable, "store: %v", err)

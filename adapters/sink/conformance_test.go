@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +40,17 @@ func TestConformanceOutbound(t *testing.T) {
 	})
 }
 
+// TestConformanceOutboundNATS is the outbound direction with a cloud client that publishes to
+// the client's cloud subject itself (Sink fields in headers, Nats-Msg-Id = OutboundMsgID).
+func TestConformanceOutboundNATS(t *testing.T) {
+	d := &confDriver{pki: newPKI(t), client: "conf-nats", viaNATS: true}
+	conformance.Run(t, d, conformance.Options{
+		Lease:       confLease,
+		MaxAttempts: 1,
+		DeadLetter:  "dlq.sink.out.>",
+	})
+}
+
 // TestConformanceInbound runs the shared suite on the inbound direction (device → cloud): a
 // device PUBLISHes (ACKed only after the JetStream ack, re-sent with the same offset = the retry),
 // a plain JetStream consumer of the client's inbound subjects on the pod's NATS connection is the
@@ -58,6 +70,7 @@ type confDriver struct {
 	pki     *testPKI
 	client  string
 	inbound bool
+	viaNATS bool // outbound submitted by a NATS publish instead of the admin API
 	cert    Issued
 
 	mu       sync.Mutex
@@ -108,6 +121,20 @@ func (d *confDriver) Submit(t *testing.T, p *bridgetest.Pod, key string, payload
 	ev := d.event(key, payload)
 	if d.inbound {
 		d.publish(t, p, ev)
+		return
+	}
+	if d.viaNATS {
+		h := jetstream.Header{}
+		h.Set(HdrEventType, strconv.FormatUint(ev.TypeID, 10))
+		h.Set(HdrKey, base64.StdEncoding.EncodeToString(ev.Key))
+		h.Set(HdrOffset, strconv.FormatUint(ev.Offset, 10))
+		h.Set(HdrTimestamp, strconv.FormatUint(ev.Timestamp, 10))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := p.Env.JS.Publish(ctx, p.Env.JS.Subject("sink", "out", d.client), payload,
+			jetstream.PubOpts{MsgID: OutboundMsgID(d.client, ev.TypeID, ev.Key, ev.Offset), Header: h}); err != nil {
+			t.Fatalf("submit %s: %v", key, err)
+		}
 		return
 	}
 	typ, off, ts := ev.TypeID, ev.Offset, ev.Timestamp

@@ -357,7 +357,8 @@ func (a *Adapter) deliverAdvisory(m *jetstream.Msg) {
 	}
 	a.mu.Unlock()
 	for _, s := range targets {
-		if err := s.write(m.Data); err == nil {
+		// advisories are written from the NATS subscription: a slow client must not hold it up
+		if err := s.writeWithin(m.Data, time.Second); err == nil {
 			a.metrics().MessagesOut.WithLabelValues(protocolName, "Item:revoked").Inc()
 		}
 	}

@@ -49,14 +49,21 @@ func (s *session) serve() {
 	}
 }
 
-func (s *session) write(frame []byte) error {
+func (s *session) write(frame []byte) error { return s.writeWithin(frame, 10*time.Second) }
+
+// writeWithin writes one text frame; a client that does not take it within d loses the connection.
+func (s *session) writeWithin(frame []byte, d time.Duration) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.done {
 		return errors.New("connection closing")
 	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	return s.conn.WriteMessage(websocket.TextMessage, frame)
+	_ = s.conn.SetWriteDeadline(time.Now().Add(d))
+	err := s.conn.WriteMessage(websocket.TextMessage, frame)
+	if err != nil {
+		_ = s.conn.Close() // a half-written frame would corrupt the stream
+	}
+	return err
 }
 
 // closeWith sends a close frame with a reason and closes the connection.

@@ -17,6 +17,7 @@ import (
 	"github.com/jetbridge/jetbridge/bridge"
 	"github.com/jetbridge/jetbridge/bridge/bridgetest"
 	"github.com/jetbridge/jetbridge/jetstream"
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
 // Conformance flags: a 1 s outbound lease (the adapter's minimum) and a short keepalive (the
@@ -440,4 +441,33 @@ func (c *confJob) Fail(t *testing.T) {
 	if err := c.j.Retry(0); err != nil {
 		t.Fatalf("inbound retry: %v", err)
 	}
+}
+
+// TestOutboundLeaseAfterHardCrash is RedeliveryAfterPodDies without the goodbye: the holding
+// pod loses NATS before it can hand the event back, so only the lease brings it back.
+func TestOutboundLeaseAfterHardCrash(t *testing.T) {
+	e := newEnv(t)
+	d := &confDriver{pki: e.pki, client: "conf-crash"}
+	_, args := d.NewAdapter()
+	jsA, jsB := jstest.Connect(t, e.srv), jstest.Connect(t, e.srv)
+	pa := bridgetest.Start(t, jsA, New(), args...)
+	d.Setup(t, pa)
+	pb := bridgetest.Start(t, jsB, New(), args...)
+	d.Submit(t, pa, "crash-1", []byte("held by a"))
+	if got := d.Receive(t, pa, 10*time.Second); got == nil || string(got.Payload()) != "held by a" {
+		t.Fatalf("first delivery: %v", got)
+	}
+	jsA.Close() // the pod is cut off: no hand-back, no lease renewal
+	start := time.Now()
+	got := d.Receive(t, pb, 3*confLease+10*time.Second)
+	if got == nil || string(got.Payload()) != "held by a" {
+		t.Fatalf("redelivery after the lease: %v", got)
+	}
+	took := time.Since(start)
+	got.Complete(t)
+	pa.Kill(t)
+	if d.Receive(t, pb, 500*time.Millisecond) != nil {
+		t.Fatal("completed event delivered again")
+	}
+	t.Logf("redelivered %v after the holding pod was cut off (lease %v)", took.Round(10*time.Millisecond), confLease)
 }

@@ -31,6 +31,17 @@ type broker struct {
 
 	consMu sync.Mutex
 	cons   map[string]*jetstream.Consumer
+
+	// pools group the free slots of the workers that serve one queue only: any of the pool's
+	// fetchers pulls for them and a job goes to the highest-weight member with a free slot, as
+	// the original router picks workers. Workers of several queues have their own fillers.
+	pools map[string]*pool
+}
+
+type pool struct {
+	free     int // free slots of the members
+	fetchers int // fetcher goroutines (never more than free, but for ones about to stop)
+	members  map[*worker]struct{}
 }
 
 type worker struct {
@@ -47,6 +58,7 @@ type worker struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	gone      bool
+	pooled    bool // serves one queue: its slots are in b.pools[queues[0].Name]
 }
 
 type flight struct {
@@ -70,7 +82,7 @@ type queueStats struct {
 
 func newBroker(a *Adapter) *broker {
 	return &broker{a: a, workers: map[string]*worker{}, schedulers: map[string]*schedPeer{},
-		stats: map[string]*queueStats{}, cons: map[string]*jetstream.Consumer{}}
+		stats: map[string]*queueStats{}, cons: map[string]*jetstream.Consumer{}, pools: map[string]*pool{}}
 }
 
 func (b *broker) stat(q string) *queueStats {
@@ -80,6 +92,16 @@ func (b *broker) stat(q string) *queueStats {
 		b.stats[q] = s
 	}
 	return s
+}
+
+// poolOf returns the pool of queue q (b.mu held).
+func (b *broker) poolOf(q string) *pool {
+	p := b.pools[q]
+	if p == nil {
+		p = &pool{members: map[*worker]struct{}{}}
+		b.pools[q] = p
+	}
+	return p
 }
 
 // peerName renders a routing id for logs and admin replies: the text of a printable identity
@@ -164,6 +186,10 @@ func (b *broker) inform(id []byte, in Inform) {
 		return
 	}
 	b.workers[w.key] = w
+	if len(qs) == 1 {
+		w.pooled = true
+		b.poolOf(qs[0].Name).members[w] = struct{}{}
+	}
 	b.mu.Unlock()
 	if old != nil {
 		b.bury(old, "worker informed again")
@@ -210,6 +236,16 @@ func (b *broker) ready(id []byte) {
 	}
 	w.free++
 	start := !b.stopped && !b.a.draining.Load()
+	q := ""
+	if w.pooled {
+		q = w.queues[0].Name
+		p := b.poolOf(q)
+		p.free++
+		start = start && p.fetchers < p.free
+		if start {
+			p.fetchers++
+		}
+	}
 	if start {
 		b.wg.Add(1)
 	}
@@ -217,7 +253,10 @@ func (b *broker) ready(id []byte) {
 	if done != nil {
 		b.finish(done, nil)
 	}
-	if start {
+	switch {
+	case start && w.pooled:
+		go b.fetch(q)
+	case start:
 		go b.fill(w)
 	}
 }
@@ -295,6 +334,11 @@ func (b *broker) bury(w *worker, why string) {
 	if b.workers[w.key] == w {
 		delete(b.workers, w.key)
 	}
+	if !w.gone && w.pooled {
+		p := b.poolOf(w.queues[0].Name)
+		p.free -= w.free
+		delete(p.members, w)
+	}
 	w.gone = true
 	w.cancel()
 	flights := w.inflight
@@ -368,10 +412,68 @@ func (b *broker) fill(w *worker) {
 		if job == nil {
 			continue
 		}
-		if b.dispatch(w, job, queue) {
+		if b.dispatch(func() *worker {
+			if w.gone || w.free <= 0 {
+				return nil
+			}
+			return w
+		}, job, queue) {
 			return
 		}
 	}
+}
+
+// fetch is one fetcher of the pool of queue q: it pulls a job while the pool has at least as
+// many free slots as fetchers, and gives each job to the best member with a free slot.
+func (b *broker) fetch(q string) {
+	defer b.wg.Done()
+	a := b.a
+	backoff := 50 * time.Millisecond
+	for {
+		b.mu.Lock()
+		p := b.poolOf(q)
+		if b.stopped || a.ctx.Err() != nil || p.fetchers > p.free {
+			p.fetchers--
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		c, err := b.consumer(a.ctx, q)
+		var jobs []*jetstream.Job
+		if err == nil {
+			jobs, err = c.Fetch(a.ctx, 1, a.cfg.pollWait)
+		}
+		job, _, err := b.first(jobs, err, q)
+		if err != nil {
+			a.fail("fetch")
+			a.log.Debug("pull", "queue", q, "err", err)
+			select {
+			case <-a.ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		if job != nil {
+			b.dispatch(func() *worker { return b.best(p) }, job, q)
+		}
+	}
+}
+
+// best is the pool member with a free slot and the highest weight (then the most free slots).
+func (b *broker) best(p *pool) *worker {
+	var best *worker
+	for w := range p.members {
+		if w.gone || w.free <= 0 {
+			continue
+		}
+		if best == nil || w.queues[0].Weight > best.queues[0].Weight ||
+			w.queues[0].Weight == best.queues[0].Weight && (w.free > best.free || w.free == best.free && w.connected.Before(best.connected)) {
+			best = w
+		}
+	}
+	return best
 }
 
 func (b *broker) pull(w *worker) (*jetstream.Job, string, error) {
@@ -447,8 +549,9 @@ func (b *broker) attemptsFor(h Headers) int {
 	return max(1, min(n, b.a.cfg.maxDeliver))
 }
 
-// dispatch sends job to w. It reports whether the slot was used.
-func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) bool {
+// dispatch sends job to the worker pick returns (called with b.mu held; nil when no slot is
+// free: the job goes back). It reports whether a slot was used (or the job given back).
+func (b *broker) dispatch(pick func() *worker, job *jetstream.Job, consumerQueue string) bool {
 	a := b.a
 	msgid, origQueue, h := jobFields(job, consumerQueue)
 	if job.Deliveries > uint64(b.attemptsFor(h)) {
@@ -463,13 +566,14 @@ func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) b
 		fwd.Raw = strings.TrimPrefix(h.Raw+",reply-requested", ",")
 	}
 	frames := Request{MsgID: msgid, Queue: origQueue, Headers: fwd, Payload: job.Data}.Frames()
-	f := &flight{job: job, msgid: msgid, queue: consumerQueue, headers: h, w: w, dispatched: time.Now()}
 	b.mu.Lock()
-	if w.gone || w.free <= 0 {
+	w := pick()
+	if w == nil {
 		b.mu.Unlock()
 		_ = job.Retry(0)
 		return true
 	}
+	f := &flight{job: job, msgid: msgid, queue: consumerQueue, headers: h, w: w, dispatched: time.Now()}
 	if err := a.back.Send(a.ctx, w.id, frames...); err != nil {
 		// The worker is gone or does not read any more: as the original router does on
 		// EHOSTUNREACH, it is dead; the job goes back at once.
@@ -486,6 +590,9 @@ func (b *broker) dispatch(w *worker, job *jetstream.Job, consumerQueue string) b
 		a.m.inflight.WithLabelValues(old.queue).Dec()
 	}
 	w.free--
+	if w.pooled {
+		b.poolOf(w.queues[0].Name).free--
+	}
 	w.inflight[msgid] = f
 	if !h.ReplyRequested && !exact {
 		w.noReply = append(w.noReply, msgid)

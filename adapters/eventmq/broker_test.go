@@ -230,3 +230,49 @@ func TestOddQueueNames(t *testing.T) {
 		return nil
 	})
 }
+
+// Between workers of one queue, a job goes to the highest-weight worker with a free slot.
+func TestWeightsBetweenWorkers(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js)
+	low := goWorker(t, p.Addrs[ListenBackend], `[[1, "wq"]]`)
+	high := goWorker(t, p.Addrs[ListenBackend], `[[10, "wq"]]`)
+	low.send(CmdReady)
+	high.send(CmdReady)
+	eventually(t, 5*time.Second, func() error {
+		var ws struct{ Workers []workerInfo }
+		getJSON(t, p.AdminURL+"/api/v1/eventmq/workers", &ws)
+		n := 0
+		for _, w := range ws.Workers {
+			n += w.AvailableSlots
+		}
+		if n != 2 {
+			return errorf("free slots %d", n)
+		}
+		return nil
+	})
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	j1 := c.send(CmdRequest, "wq", "", jobPayload("one"))
+	if m := high.recv(5*time.Second, CmdHeartbeat); m.MsgID != j1 {
+		t.Fatalf("high got %s", m.MsgID)
+	}
+	j2 := c.send(CmdRequest, "wq", "", jobPayload("two"))
+	if m := low.recv(5*time.Second, CmdHeartbeat); m.MsgID != j2 {
+		t.Fatalf("low got %s", m.MsgID)
+	}
+	high.send(CmdReady) // done with j1
+	eventually(t, 5*time.Second, func() error {
+		var ws struct{ Workers []workerInfo }
+		getJSON(t, p.AdminURL+"/api/v1/eventmq/workers", &ws)
+		for _, w := range ws.Workers {
+			if w.Queues[0].Weight == 10 && w.AvailableSlots == 1 {
+				return nil
+			}
+		}
+		return errorf("high has no free slot yet: %+v", ws.Workers)
+	})
+	j3 := c.send(CmdRequest, "wq", "", jobPayload("three"))
+	if m := high.recv(5*time.Second, CmdHeartbeat); m.MsgID != j3 {
+		t.Fatalf("high got %s", m.MsgID)
+	}
+}

@@ -277,6 +277,23 @@ func (q QueueWeight) MarshalJSON() ([]byte, error) {
 	return json.Marshal([]any{q.Weight, q.Name})
 }
 
+// UnmarshalJSON reads [weight, name].
+func (q *QueueWeight) UnmarshalJSON(b []byte) error {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 2 {
+		return fmt.Errorf("queue entry %s: %w", clip(b), ErrField)
+	}
+	var w float64
+	if err := json.Unmarshal(raw[0], &w); err != nil {
+		return fmt.Errorf("queue weight %s: %w", raw[0], ErrField)
+	}
+	if err := json.Unmarshal(raw[1], &q.Name); err != nil {
+		return fmt.Errorf("queue name %s: %w", raw[1], ErrField)
+	}
+	q.Weight = int(w)
+	return nil
+}
+
 // Inform is an INFORM: [”, eMQP/1.0, INFORM, msgid, queues, type].
 type Inform struct {
 	MsgID  string

@@ -209,6 +209,24 @@ func TestPyWorkerAndClientOnTwoPods(t *testing.T) {
 		}
 		return fmt.Errorf("pod 1 does not know queue reports: %+v", qs)
 	})
+	// The admin socket of pod 1 shows the worker of pod 2.
+	py.dealer("admin", p1.Addrs[ListenAdmin])
+	eventually(t, 5*time.Second, func() error {
+		py.emqp("admin", CmdRouterShowWorkers)
+		fr := py.recvCmd("admin", CmdReply, 5*time.Second)
+		var v struct {
+			Workers map[string]struct{ Pod string } `json:"connected_workers"`
+		}
+		if err := json.Unmarshal([]byte(fr[4]), &v); err != nil || len(v.Workers) != 1 {
+			return fmt.Errorf("pod 1 ROUTER_SHOW_WORKERS %s", fr[4])
+		}
+		for _, w := range v.Workers {
+			if w.Pod != p2.Env.PodID {
+				return fmt.Errorf("worker on pod %s", w.Pod)
+			}
+		}
+		return nil
+	})
 	py.dealer("client", p1.Addrs[ListenFrontend])
 	var ids []string
 	for i := 0; i < 5; i++ {

@@ -471,3 +471,40 @@ func TestOutboundLeaseAfterHardCrash(t *testing.T) {
 	}
 	t.Logf("redelivered %v after the holding pod was cut off (lease %v)", took.Round(10*time.Millisecond), confLease)
 }
+
+// TestOutboundSlowAckNotResent: while the JetStream ack of a device ACK is slow (longer than the
+// lease), the event is still held by the pod (lease renewed) and not sent to the device again.
+func TestOutboundSlowAckNotResent(t *testing.T) {
+	testSettleDelay.Store(int64(3 * confLease))
+	t.Cleanup(func() { testSettleDelay.Store(0) })
+	e := newEnv(t)
+	d := &confDriver{pki: e.pki, client: "conf-slow"}
+	_, args := d.NewAdapter()
+	p := bridgetest.Start(t, jstest.Connect(t, e.srv), New(), args...)
+	d.Setup(t, p)
+	for _, k := range []string{"ack", "nack"} {
+		d.Submit(t, p, "slow-"+k, []byte("once "+k))
+		got := d.Receive(t, p, 10*time.Second)
+		if got == nil || string(got.Payload()) != "once "+k {
+			t.Fatalf("%s: first delivery: %v", k, got)
+		}
+		if k == "ack" {
+			got.Complete(t)
+		} else {
+			got.Fail(t)
+		}
+		if again := d.Receive(t, p, 4*confLease); again != nil {
+			t.Fatalf("%s: sent again while its %s was being written: %q", k, k, again.Payload())
+		}
+	}
+	jstest.Eventually(t, 10*time.Second, func() error {
+		info, err := p.Env.JS.StreamInfo(context.Background(), StreamOut)
+		if err != nil {
+			return err
+		}
+		if info.Messages != 0 {
+			return fmt.Errorf("%d outbound left", info.Messages)
+		}
+		return nil
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -22,6 +23,7 @@ type outbound struct {
 	cancel context.CancelFunc
 	jobs   chan *jetstream.Job
 	res    chan ackResult
+	settle chan uint64 // sequences whose JetStream ack or dead-letter finished
 	done   chan struct{}
 	stopC  func()
 	wg     sync.WaitGroup // JetStream acks and dead-letters in progress
@@ -42,6 +44,9 @@ type outItem struct {
 	ev  Event
 	key string
 	id  uint16
+	// settling: the device answered and the JetStream ack (or dead-letter) is under way. The
+	// event stays held (lease renewed, a redelivery of it is not sent again) until that is done.
+	settling bool
 }
 
 type keyQueue struct {
@@ -71,7 +76,7 @@ func startOutbound(s *session) (*outbound, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &outbound{s: s, jobs: make(chan *jetstream.Job), res: make(chan ackResult, 64), done: make(chan struct{}),
+	o := &outbound{s: s, jobs: make(chan *jetstream.Job), res: make(chan ackResult, 64), settle: make(chan uint64, 64), done: make(chan struct{}),
 		inflight: map[uint16]*outItem{}, keys: map[string]*keyQueue{}, held: map[uint64]*outItem{},
 		nextID: uint16(time.Now().UnixNano()) & MaxID}
 	o.ctx, o.cancel = context.WithCancel(s.ctx)
@@ -139,6 +144,10 @@ func (o *outbound) loop() {
 			}
 		case r := <-o.res:
 			o.result(r)
+		case seq := <-o.settle:
+			if it := o.held[seq]; it != nil && it.settling {
+				delete(o.held, seq)
+			}
 		case <-t.C:
 			for _, it := range o.held {
 				_ = it.job.Extend()
@@ -156,6 +165,10 @@ func (o *outbound) giveBack() {
 	o.late = nil
 	o.lateMu.Unlock()
 	for seq, it := range o.held {
+		if it.settling {
+			delete(jobs, seq) // its ack or dead-letter is under way; a failed one comes back after the lease
+			continue
+		}
 		jobs[seq] = it.job
 	}
 	seqs := make([]uint64, 0, len(jobs))
@@ -317,26 +330,19 @@ func (o *outbound) result(r ackResult) {
 		return
 	}
 	delete(o.inflight, r.id)
-	delete(o.held, it.job.Sequence)
 	a.m.inflightOut.Dec()
+	it.settling = true
+	j := it.job
 	if r.ack {
-		j := it.job
-		o.wg.Add(1)
-		go func() {
-			defer o.wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := j.Ack(ctx); err != nil {
-				o.s.log.Warn("sink: outbound ack", "seq", j.Sequence, "err", err)
-			}
-		}()
+		o.settleAsync(j, func(ctx context.Context) error { return j.Ack(ctx) })
 	} else {
-		if it.job.Header == nil {
-			it.job.Header = jetstream.Header{}
+		if j.Header == nil {
+			j.Header = jetstream.Header{}
 		}
-		it.job.Header.Set(HdrNackMachine, headerText(r.machine))
-		it.job.Header.Set(HdrNackHuman, headerText(r.human))
-		o.deadLetter(it.job, "sink nack: machine="+headerText(r.machine)+" human="+headerText(r.human))
+		j.Header.Set(HdrNackMachine, headerText(r.machine))
+		j.Header.Set(HdrNackHuman, headerText(r.human))
+		reason := "sink nack: machine=" + headerText(r.machine) + " human=" + headerText(r.human)
+		o.settleAsync(j, func(ctx context.Context) error { return j.DeadLetter(ctx, reason) })
 	}
 	kq := o.keys[it.key]
 	if kq == nil {
@@ -350,6 +356,30 @@ func (o *outbound) result(r ackResult) {
 	} else {
 		delete(o.keys, it.key)
 	}
+}
+
+// testSettleDelay slows the JetStream side of device answers down (tests only: a slow NATS).
+var testSettleDelay atomic.Int64
+
+// settleAsync runs the JetStream side of a device answer (ack or dead-letter) off the loop, then
+// tells the loop the event is no longer held.
+func (o *outbound) settleAsync(j *jetstream.Job, fn func(context.Context) error) {
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		if d := testSettleDelay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := fn(ctx); err != nil {
+			o.s.log.Warn("sink: outbound settle", "seq", j.Sequence, "err", err)
+		}
+		select {
+		case o.settle <- j.Sequence:
+		case <-o.done:
+		}
+	}()
 }
 
 func (o *outbound) deadLetter(j *jetstream.Job, reason string) {

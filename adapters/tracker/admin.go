@@ -1,7 +1,19 @@
 package tracker
 
-// admin.go: the tracker's admin API under /api/v1/tracker (see schemas/tracker/subjects.md and
-// the README of the repository for the routes).
+// admin.go: the tracker's admin API under /api/v1/tracker:
+//
+//	POST   /pipelines {"name","budget"?,"claims_per_minute"?} → 201 {"name","secret"} (secret shown once)
+//	GET    /pipelines                       → [{name, created, budget, claims_per_minute, open_claims, connections}]
+//	PATCH  /pipelines/{name} {"budget"?,"claims_per_minute"?}
+//	DELETE /pipelines/{name}                → 204
+//	POST   /items  one item or {"items":[…]} (schemas/tracker/submit-item.json) → 201 {"ids":[…]}
+//	GET    /items/{id}                      → the item record (schemas/tracker/item-record.json)
+//	POST   /items/{id}/requeue {"reason"?}  → the record (claim revoked; done → 409)
+//	POST   /items/{id}/abandon {"reason"?}  → the record (error + dead letter; claim revoked)
+//	GET    /queues                          → {"pipeline_types": {type: {todo, claimed, done, error, stashed}}}
+//	GET    /limbo?older_than=24h            → claims older than that
+//	GET    /pipeline-types, PUT /pipeline-types/{name} {"lease":"24h","max_tries":3}
+//	GET    /stashes, PUT /stashes/{name} {"concurrency":N} (drip-feed; 0 pauses)
 
 import (
 	"bytes"

@@ -92,8 +92,12 @@ func (b bus) consumerSpec(k slotKey, ackWait time.Duration) jetstream.ConsumerSp
 // request sends data to topic over core request-reply and returns the first reply.
 func (b bus) request(ctx context.Context, topic string, data json.RawMessage, timeout time.Duration) Message {
 	env := Envelope{Data: data, Code: 200, Sender: NewID()}
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	rctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	rep, err := b.js.Request(rctx, b.requestSubject(topic), EncodeEnvelope(env), nil)
 	switch {
 	case err == nil:

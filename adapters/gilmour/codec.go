@@ -507,6 +507,14 @@ func DecodeSignalRequest(body []byte) (SignalRequest, error) {
 // becomes the data (Ruby tolerated raw payloads); a payload that is not JSON becomes a string.
 // Code 0 means 200.
 func DecodeEnvelope(b []byte) Envelope {
+	if env, ok := decodeEnvelopeFast(b); ok {
+		return env
+	}
+	return decodeEnvelopeSlow(b)
+}
+
+// decodeEnvelopeSlow is DecodeEnvelope with encoding/json, for every payload.
+func decodeEnvelopeSlow(b []byte) Envelope {
 	tb := bytes.TrimSpace(b)
 	if len(tb) > 0 && tb[0] == '{' {
 		// fast path: a well-typed envelope
@@ -559,6 +567,14 @@ func EncodeEnvelope(e Envelope) []byte {
 	if len(e.Data) == 0 {
 		e.Data = jsonNull
 	}
+	if b, ok := encodeEnvelopeFast(e); ok {
+		return b
+	}
+	return encodeEnvelopeSlow(e)
+}
+
+// encodeEnvelopeSlow is EncodeEnvelope with encoding/json (e.Data not empty).
+func encodeEnvelopeSlow(e Envelope) []byte {
 	b, err := json.Marshal(e)
 	if err != nil { // data was not valid JSON: send it as a string
 		e.Data = RawData(e.Data)

@@ -280,9 +280,7 @@ func (a *Adapter) removeSubs(c echo.Context, service bool) error {
 // status is the answer's code.
 func (a *Adapter) request(c echo.Context) error {
 	start := time.Now()
-	ctx, cancel := a.opCtx(c)
-	rec, err := a.lookup(ctx, c.Param("id"))
-	cancel()
+	rec, err := a.lookupCtx(c, c.Param("id"))
 	if err != nil {
 		return a.fail(c, "request", err)
 	}
@@ -317,7 +315,17 @@ func (a *Adapter) request(c echo.Context) error {
 		label = "(composition)"
 	}
 	a.met.requested(label, op, resp.Code, time.Since(start))
-	return c.JSON(httpStatus(resp.Code), resp)
+	return writeResponse(c, httpStatus(resp.Code), resp)
+}
+
+// writeResponse is c.JSON(code, resp) without reflection when the answer is plain (no ?pretty).
+func writeResponse(c echo.Context, code int, resp PublishResponse) error {
+	if c.Request().URL.RawQuery == "" && !c.Echo().Debug {
+		if b, ok := encodePublishResponse(resp); ok {
+			return c.Blob(code, echo.MIMEApplicationJSON, b)
+		}
+	}
+	return c.JSON(code, resp)
 }
 
 // requestTopic sends one request; a step timeout (seconds) shortens the requester's deadline.
@@ -380,11 +388,27 @@ func (a *Adapter) signal(c echo.Context) error {
 // lookup finds a node for the publish routes: this pod's view of the registry first (kept by the
 // KV watch), then KV itself (a node registered through another pod a moment ago).
 func (a *Adapter) lookup(ctx context.Context, id string) (nodeRecord, error) {
-	a.mu.Lock()
-	rec, ok := a.nodes[id]
-	a.mu.Unlock()
-	if ok {
+	if rec, ok := a.known(id); ok {
 		return rec, nil
 	}
 	return a.reg.get(ctx, id)
+}
+
+// lookupCtx is lookup for an HTTP route; the KV read (only when the node is not in this pod's
+// view) is bounded like every other operation.
+func (a *Adapter) lookupCtx(c echo.Context, id string) (nodeRecord, error) {
+	if rec, ok := a.known(id); ok {
+		return rec, nil
+	}
+	ctx, cancel := a.opCtx(c)
+	defer cancel()
+	return a.reg.get(ctx, id)
+}
+
+// known returns the node from this pod's view of the registry.
+func (a *Adapter) known(id string) (nodeRecord, bool) {
+	a.mu.Lock()
+	rec, ok := a.nodes[id]
+	a.mu.Unlock()
+	return rec, ok
 }

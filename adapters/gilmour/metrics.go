@@ -3,6 +3,7 @@ package gilmour
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +11,10 @@ import (
 
 // metrics are the per-topic figures of the proxy (jetbridge_gilmour_*).
 type metrics struct {
+	// per-request series, curried once per label set (a label lookup costs more than the update)
+	reqCache  sync.Map // reqLabels → reqSeries
+	callCache sync.Map // callLabels → prometheus.Counter
+
 	requests *prometheus.CounterVec   // topic, op, code
 	latency  *prometheus.HistogramVec // topic, op
 	calls    *prometheus.CounterVec   // topic, code (service calls made to nodes)
@@ -53,13 +58,40 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	return c
 }
 
+type reqLabels struct {
+	topic, op string
+	code      int
+}
+
+type reqSeries struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
+}
+
+type callLabels struct {
+	topic string
+	code  int
+}
+
 func (m *metrics) requested(topic, op string, code int, d time.Duration) {
-	m.requests.WithLabelValues(topic, op, strconv.Itoa(code)).Inc()
-	m.latency.WithLabelValues(topic, op).Observe(d.Seconds())
+	k := reqLabels{topic, op, code}
+	v, ok := m.reqCache.Load(k)
+	if !ok {
+		v, _ = m.reqCache.LoadOrStore(k, reqSeries{m.requests.WithLabelValues(topic, op, strconv.Itoa(code)),
+			m.latency.WithLabelValues(topic, op)})
+	}
+	s := v.(reqSeries)
+	s.count.Inc()
+	s.latency.Observe(d.Seconds())
 }
 
 func (m *metrics) handled(topic string, code int, _ time.Duration) {
-	m.calls.WithLabelValues(topic, strconv.Itoa(code)).Inc()
+	k := callLabels{topic, code}
+	v, ok := m.callCache.Load(k)
+	if !ok {
+		v, _ = m.callCache.LoadOrStore(k, m.calls.WithLabelValues(topic, strconv.Itoa(code)))
+	}
+	v.(prometheus.Counter).Inc()
 }
 
 func (m *metrics) signal(topic, result string, _ time.Duration) {

@@ -55,6 +55,11 @@ func (n *nodeClient) post(ctx context.Context, r nodeRecord, path string, body a
 	if err != nil {
 		return 0, nil, err
 	}
+	return n.postRaw(ctx, r, path, b)
+}
+
+// postRaw sends the JSON body b to the node's path.
+func (n *nodeClient) postRaw(ctx context.Context, r nodeRecord, path string, b []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.baseURL()+path, bytes.NewReader(b))
 	if err != nil {
 		return 0, nil, err
@@ -76,7 +81,12 @@ func (n *nodeClient) post(ctx context.Context, r nodeRecord, path string, body a
 // answer within its timeout gets its connection closed and gives 504; non-2xx or a failed call
 // gives 500.
 func (n *nodeClient) call(ctx context.Context, r nodeRecord, path string, hcall HandlerCall) Message {
-	status, body, err := n.post(ctx, r, path, hcall)
+	b, err := encodeHandlerCall(hcall)
+	var status int
+	var body []byte
+	if err == nil {
+		status, body, err = n.postRaw(ctx, r, path, b)
+	}
 	switch {
 	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return Message{Data: StringData("Execution timed out"), Code: 504}

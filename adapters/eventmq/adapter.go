@@ -46,16 +46,16 @@ const (
 )
 
 type config struct {
-	heartbeat     time.Duration
-	hbTimeout     time.Duration
-	lease         time.Duration
-	pollWait      time.Duration
-	attempts      int
-	maxDeliver    int
-	resultTTL     time.Duration
-	scheduleTick  time.Duration
-	queueTTL      time.Duration
-	maxSubmitting int
+	heartbeat    time.Duration
+	hbTimeout    time.Duration
+	lease        time.Duration
+	pollWait     time.Duration
+	attempts     int
+	maxDeliver   int
+	resultTTL    time.Duration
+	scheduleTick time.Duration
+	queueTTL     time.Duration
+	lanes        int
 	// exactCompletion adds reply-requested to the jobs forwarded to workers.
 	exactCompletion bool
 }
@@ -81,18 +81,18 @@ type Adapter struct {
 	sched  *scheduler
 	queues *queueRegistry
 
-	submitSem chan struct{}
-	stopping  atomic.Bool
-	draining  atomic.Bool
-	flushNow  chan struct{}
-	stopOnce  sync.Once
+	lanes    []chan func()
+	stopping atomic.Bool
+	draining atomic.Bool
+	flushNow chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns the EventMQ adapter; its configuration comes from the flags it registers.
 func New() *Adapter {
 	return &Adapter{cfg: config{heartbeat: 3 * time.Second, hbTimeout: 5 * time.Second, lease: 30 * time.Second,
 		pollWait: 2 * time.Second, attempts: 5, maxDeliver: 100, resultTTL: 24 * time.Hour,
-		scheduleTick: 250 * time.Millisecond, queueTTL: 24 * time.Hour, maxSubmitting: 4096}}
+		scheduleTick: 250 * time.Millisecond, queueTTL: 24 * time.Hour, lanes: 64}}
 }
 
 // Name is the protocol name.
@@ -123,7 +123,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.BoolVar(&a.cfg.exactCompletion, "eventmq-exact-completion", a.cfg.exactCompletion,
 		"EventMQ: forward jobs without reply-requested with reply-requested added, so that each completion names its job "+
 			"(otherwise a READY completes the oldest such job of the worker: a worker dying after finishing jobs out of order may leave one unfinished job acknowledged)")
-	fs.IntVar(&a.cfg.maxSubmitting, "eventmq-max-submitting", a.cfg.maxSubmitting, "EventMQ: REQUESTs being stored at once per pod")
+	fs.IntVar(&a.cfg.lanes, "eventmq-submit-lanes", a.cfg.lanes, "EventMQ: REQUESTs/SCHEDULEs stored at once per pod (one client's are stored in order, in one lane)")
 }
 
 // Assets declares the job work queue, the results stream and the KV buckets.
@@ -162,7 +162,22 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	a.env, a.js, a.log = env, env.JS, env.Log
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.m = newMetrics(env.Registry)
-	a.submitSem = make(chan struct{}, max(a.cfg.maxSubmitting, 1))
+	a.lanes = make([]chan func(), max(a.cfg.lanes, 1))
+	for i := range a.lanes {
+		a.lanes[i] = make(chan func(), 256)
+		a.wg.Add(1)
+		go func(ch chan func()) {
+			defer a.wg.Done()
+			for {
+				select {
+				case <-a.ctx.Done():
+					return
+				case fn := <-ch:
+					fn()
+				}
+			}
+		}(a.lanes[i])
+	}
 	a.flushNow = make(chan struct{}, 1)
 	a.b = newBroker(a)
 	a.queues = newQueueRegistry(a)
@@ -389,3 +404,17 @@ func (a *Adapter) Stop() error {
 
 // setSize assigns a size whatever integer type the zmtp option has.
 func setSize[T int | int64](dst *T, v int) { *dst = T(v) }
+
+// inLane runs fn on the lane of peer: what one client sends is stored in the order it was sent
+// (the original router handles a client's messages one after the other). It waits while the lane
+// is full.
+func (a *Adapter) inLane(peer []byte, fn func()) {
+	h := uint32(2166136261)
+	for _, c := range peer {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	select {
+	case a.lanes[h%uint32(len(a.lanes))] <- fn:
+	case <-a.ctx.Done():
+	}
+}

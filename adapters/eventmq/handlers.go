@@ -50,9 +50,7 @@ func (a *Adapter) onFrontend(zm zmtp.Message) {
 			a.bad("frontend", zm.Peer, err)
 			return
 		}
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
+		a.inLane(zm.Peer, func() {
 			ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 			defer cancel()
 			var err error
@@ -65,7 +63,7 @@ func (a *Adapter) onFrontend(zm zmtp.Message) {
 				a.fail("schedule")
 				a.log.Warn(strings.ToLower(m.Command), "msgid", s.MsgID, "err", err)
 			}
-		}()
+		})
 	default:
 		// DISCONNECT on the frontend would stop the original router; jetbridge pods are shared,
 		// so only the admin socket may do that. Anything else is ignored like the original.
@@ -91,17 +89,9 @@ func (a *Adapter) effectiveQueue(q string) string {
 
 // submit stores a REQUEST on the work queue, then sends the submission REPLY.
 func (a *Adapter) submit(peer []byte, req Request) {
-	select {
-	case a.submitSem <- struct{}{}:
-	case <-a.ctx.Done():
-		return
-	}
 	peer = append([]byte(nil), peer...)
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		defer func() { <-a.submitSem }()
-		t0 := time.Now()
+	t0 := time.Now()
+	a.inLane(peer, func() {
 		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		defer cancel()
 		q := a.effectiveQueue(req.Queue)
@@ -112,7 +102,7 @@ func (a *Adapter) submit(peer []byte, req Request) {
 		}
 		_ = a.send(a.front, peer, CmdReply, req.MsgID)
 		a.env.Metrics.Latency.WithLabelValues(protocolName, "submit").Observe(time.Since(t0).Seconds())
-	}()
+	})
 }
 
 // enqueue stores one job (de-duplicated on its msgid).

@@ -38,7 +38,12 @@
 // what arrives there as [topic, msg] on its PUB socket, so SUB sockets on every pod and NATS
 // subscribers get it, and a NATS publish reaches SUB sockets.
 //
-// Known limits: queue weights order a worker's own queues; between several workers of one queue,
-// JetStream serves the waiting slots in the order they asked. Per-pod counters (done, failed,
-// redelivered) in STATUS and the API are those of the live pods since they started.
+// Weights: a worker's free slot takes from its queues highest weight first; the free slots of
+// the workers of a pod that serve a single queue are pooled, and a job goes to the member with
+// the highest weight that has a free slot (as the original router picks). Across pods, and
+// between a pooled worker and a worker of several queues, JetStream serves whoever asked first.
+// One client's REQUESTs and SCHEDULEs are stored in the order it sent them.
+//
+// Known limits: per-pod counters (done, failed, redelivered) in STATUS and the API are those of
+// the live pods since they started.
 package eventmq

@@ -107,6 +107,18 @@ func TestAdminOperations(t *testing.T) {
 	if st := admin(t, e.pod, "POST", "/items", map[string]any{"item": "x", "pipeline_type": "t", "id": ids[1]}, nil); st != 409 {
 		t.Errorf("duplicate id: %d", st)
 	}
+	// a retried submission (same id, same content) is answered like the first one and changes nothing
+	var again struct{ IDs []string }
+	item := map[string]any{"item": "https://again/", "pipeline_type": "t2", "id": "again-1", "metadata": map[string]any{"ua": "x"}}
+	for i := 0; i < 2; i++ {
+		if st := admin(t, e.pod, "POST", "/items", item, &again); st != 201 || len(again.IDs) != 1 || again.IDs[0] != "again-1" {
+			t.Fatalf("submission %d of again-1: %d %v", i, st, again.IDs)
+		}
+	}
+	item["priority"] = 5
+	if st := admin(t, e.pod, "POST", "/items", item, nil); st != 409 {
+		t.Errorf("same id, other priority: %d", st)
+	}
 	for _, name := range []string{"", "a_b", "-x", "a.b"} {
 		if st := admin(t, e.pod, "POST", "/pipelines", map[string]any{"name": name}, nil); st != 400 {
 			t.Errorf("pipeline name %q: %d", name, st)

@@ -16,6 +16,7 @@ package tracker
 //     lease sweeper, System:ping renewals, budgets and the limbo list read it.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -325,8 +326,8 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		r.Gen = 0
 	}
 	if it.ID != "" {
-		if _, err := q.items.Get(ctx, id); err == nil {
-			return id, true, nil
+		if ent, err := q.items.Get(ctx, id); err == nil {
+			return id, true, sameSubmission(ent.Value, it)
 		}
 	}
 	if r.Status == StatusStashed {
@@ -341,7 +342,11 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 	rev, err := q.items.Create(ctx, id, b, 0)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
-			return id, true, nil // the token we published is a harmless duplicate
+			// the token we published is a harmless duplicate
+			if ent, gerr := q.items.Get(ctx, id); gerr == nil {
+				return id, true, sameSubmission(ent.Value, it)
+			}
+			return id, true, nil
 		}
 		return "", false, fmt.Errorf("enqueue %s: %w", id, err)
 	}
@@ -354,9 +359,41 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 	return id, false, nil
 }
 
+// sameSubmission checks that a submission with the id of a stored item is that item again (a
+// retried submission: answered like the first one); anything else is a 409.
+func sameSubmission(stored []byte, it NewItem) error {
+	r, err := decodeRecord(stored)
+	if err != nil {
+		return err
+	}
+	compact := func(b []byte) string {
+		if len(b) == 0 {
+			return "{}"
+		}
+		var buf bytes.Buffer
+		if json.Compact(&buf, b) != nil {
+			return string(b)
+		}
+		return buf.String()
+	}
+	deref := func(s *string) string {
+		if s == nil {
+			return ""
+		}
+		return *s
+	}
+	if r.Item != it.Item || r.PipelineType != it.PipelineType || r.Priority != it.Priority || r.RunOn != it.RunOn ||
+		r.QueuedBy != it.QueuedBy || deref(r.Stash) != it.Stash || deref(r.Explanation) != it.Explanation ||
+		deref(r.ParentItem) != it.ParentItem || compact(r.Metadata) != compact(it.Metadata) {
+		return errStatus(409, "item %s exists with other content", r.ID)
+	}
+	return nil
+}
+
 // EnqueueBatch enqueues items keeping their order among items of the same queue (pipeline
-// type, run_on and level); different queues are filled in parallel. An item given with an id that
-// exists already gets a 409 error in its slot.
+// type, run_on and level); different queues are filled in parallel. An item given with the id of
+// a stored item is a retried submission when its content is the same (nothing changes, no error)
+// and gets a 409 error in its slot otherwise.
 func (q *Queue) EnqueueBatch(ctx context.Context, items []NewItem) ([]string, []error) {
 	ids := make([]string, len(items))
 	errs := make([]error, len(items))
@@ -378,10 +415,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, items []NewItem) ([]string, []
 		go func(idx []int) {
 			defer func() { <-sem; wg.Done() }()
 			for _, i := range idx {
-				id, existed, err := q.Enqueue(ctx, items[i])
-				if err == nil && existed && items[i].ID != "" {
-					err = errStatus(409, "item %s exists", id)
-				}
+				id, _, err := q.Enqueue(ctx, items[i])
 				ids[i], errs[i] = id, err
 			}
 		}(groups[k])

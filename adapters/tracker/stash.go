@@ -216,18 +216,23 @@ func (a *Adapter) submitLoop() {
 	stop()
 }
 
+// reject sends a submission that cannot be queued to tracker.rejects with the reason.
+func (a *Adapter) reject(j *jetstream.Job, reason string) {
+	b, _ := json.Marshal(map[string]any{"reason": reason, "data": string(j.Data), "time": epoch(time.Now())})
+	ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
+	defer cancel()
+	if _, err := a.env.JS.Publish(ctx, a.env.JS.Subject("tracker", "rejects"), b,
+		jetstream.PubOpts{MsgID: fmt.Sprintf("reject:%d:%d", j.Sequence, j.Time.UnixNano())}); err != nil {
+		_ = j.Retry(time.Second)
+		return
+	}
+	_ = j.AckAsync()
+}
+
 func (a *Adapter) handleSubmit(j *jetstream.Job) {
 	it, err := DecodeNewItem(j.Data)
 	if err != nil {
-		b, _ := json.Marshal(map[string]any{"reason": err.Error(), "data": string(j.Data), "time": epoch(time.Now())})
-		ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
-		defer cancel()
-		if _, err := a.env.JS.Publish(ctx, a.env.JS.Subject("tracker", "rejects"), b,
-			jetstream.PubOpts{MsgID: fmt.Sprintf("reject:%d:%d", j.Sequence, j.Time.UnixNano())}); err != nil {
-			_ = j.Retry(time.Second)
-			return
-		}
-		_ = j.AckAsync()
+		a.reject(j, err.Error())
 		return
 	}
 	if it.ID == "" {
@@ -248,6 +253,11 @@ func (a *Adapter) handleSubmit(j *jetstream.Job) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
 	defer cancel()
 	if _, _, err := a.q.Enqueue(ctx, it); err != nil {
+		var se *statusError
+		if errors.As(err, &se) && se.status < 500 {
+			a.reject(j, se.msg)
+			return
+		}
 		a.env.Log.Warn("tracker: submit", "err", err)
 		_ = j.Retry(time.Second)
 		return

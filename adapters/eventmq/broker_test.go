@@ -276,3 +276,20 @@ func TestWeightsBetweenWorkers(t *testing.T) {
 		t.Fatalf("high got %s", m.MsgID)
 	}
 }
+
+// A queue no worker declared for --eventmq-queue-ttl is unknown again: its REQUESTs go to default.
+func TestQueueForgottenAfterTTL(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js, "--eventmq-queue-ttl=1s")
+	tmp := goWorker(t, p.Addrs[ListenBackend], `[[10, "temp"]]`)
+	tmp.stopBeat()
+	tmp.send(CmdKBYE)
+	d := goWorker(t, p.Addrs[ListenBackend], "")
+	d.send(CmdReady)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	time.Sleep(1200 * time.Millisecond) // let the declaration age past the TTL
+	id := c.send(CmdRequest, "temp", "", jobPayload("t"))
+	if m := d.recv(5*time.Second, CmdHeartbeat); m.MsgID != id || string(m.Body[0]) != "temp" {
+		t.Fatalf("default worker got %s %q", m.MsgID, m.Body)
+	}
+}

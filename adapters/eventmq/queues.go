@@ -91,11 +91,13 @@ func watchForever(a *Adapter, kv *jetstream.KV, fn func(jetstream.Entry)) {
 	}
 }
 
+// known reports whether a worker declared the queue within the queue TTL (KV drops expired
+// entries without telling watchers, so the age is checked here).
 func (r *queueRegistry) known(name string) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	_, ok := r.names[name]
-	return ok
+	rec, ok := r.names[name]
+	return ok && time.Since(rec.Declared) < r.a.cfg.queueTTL
 }
 
 func (r *queueRegistry) list() []queueRecord {
@@ -103,7 +105,9 @@ func (r *queueRegistry) list() []queueRecord {
 	defer r.mu.RUnlock()
 	out := make([]queueRecord, 0, len(r.names))
 	for _, q := range r.names {
-		out = append(out, q)
+		if time.Since(q.Declared) < r.a.cfg.queueTTL {
+			out = append(out, q)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -118,11 +122,9 @@ func (r *queueRegistry) declare(qs []QueueWeight) {
 	r.mu.Lock()
 	for _, q := range qs {
 		rec := queueRecord{Name: q.Name, Weight: q.Weight, Pod: a.env.PodID, Declared: now.UTC()}
-		if _, ok := r.names[q.Name]; !ok {
-			r.names[q.Name] = rec
-		}
 		if now.Sub(r.put[q.Name]) > a.cfg.queueTTL/4 {
 			r.put[q.Name] = now
+			r.names[q.Name] = rec
 			todo = append(todo, rec)
 		}
 	}

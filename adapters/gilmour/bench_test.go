@@ -111,6 +111,11 @@ func benchRequest(b *testing.B, inProcess bool) {
 		b.Fatal(err)
 	}
 	defer sub.Unsubscribe()
+	fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer fcancel()
+	if err := resp.Flush(fctx); err != nil { // the server knows the responder
+		b.Fatal(err)
+	}
 	reqc := benchConnect(b, srv, inProcess)
 	n := max(b.N, 200)
 	b.ResetTimer()

@@ -12,6 +12,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 )
 
 // maxNodeAnswer bounds what the proxy reads from a node.
@@ -55,16 +57,41 @@ func (n *nodeClient) post(ctx context.Context, r nodeRecord, path string, body a
 	if err != nil {
 		return 0, nil, err
 	}
-	return n.postRaw(ctx, r, path, b)
+	return n.postRaw(ctx, endpoint{raw: r.baseURL() + path, path: path}, b)
 }
 
-// postRaw sends the JSON body b to the node's path.
-func (n *nodeClient) postRaw(ctx context.Context, r nodeRecord, path string, b []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.baseURL()+path, bytes.NewReader(b))
+// endpoint is a node's handler URL; u is set when it was parsed ahead (once per subscription).
+type endpoint struct {
+	raw, path string
+	u         *url.URL
+}
+
+// parsedEndpoint parses the handler URL once, as http.NewRequest would for every call.
+func parsedEndpoint(r nodeRecord, path string) endpoint {
+	ep := endpoint{raw: r.baseURL() + path, path: path}
+	if u, err := url.Parse(ep.raw); err == nil && !strings.HasSuffix(u.Host, ":") {
+		ep.u = u
+	}
+	return ep
+}
+
+var contentTypeJSON = []string{"application/json"}
+
+// postRaw sends the JSON body b to the node's handler.
+func (n *nodeClient) postRaw(ctx context.Context, ep endpoint, b []byte) (int, []byte, error) {
+	target := ep.raw
+	if ep.u != nil {
+		target = ""
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if ep.u != nil {
+		u := *ep.u
+		req.URL, req.Host = &u, u.Host
+	}
+	req.Header["Content-Type"] = contentTypeJSON
 	resp, err := n.hc.Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -72,7 +99,7 @@ func (n *nodeClient) postRaw(ctx context.Context, r nodeRecord, path string, b [
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxNodeAnswer))
 	if err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("read answer of %s: %w", path, err)
+		return resp.StatusCode, nil, fmt.Errorf("read answer of %s: %w", ep.path, err)
 	}
 	return resp.StatusCode, data, nil
 }
@@ -80,12 +107,12 @@ func (n *nodeClient) postRaw(ctx context.Context, r nodeRecord, path string, b [
 // call runs a service handler: its body is returned unmodified as data. A handler that does not
 // answer within its timeout gets its connection closed and gives 504; non-2xx or a failed call
 // gives 500.
-func (n *nodeClient) call(ctx context.Context, r nodeRecord, path string, hcall HandlerCall) Message {
+func (n *nodeClient) call(ctx context.Context, ep endpoint, hcall HandlerCall) Message {
 	b, err := encodeHandlerCall(hcall)
 	var status int
 	var body []byte
 	if err == nil {
-		status, body, err = n.postRaw(ctx, r, path, b)
+		status, body, err = n.postRaw(ctx, ep, b)
 	}
 	switch {
 	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):

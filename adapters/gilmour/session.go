@@ -148,13 +148,13 @@ func (a *Adapter) reconcile() {
 		if _, ok := a.services[k]; ok {
 			continue
 		}
-		node, s := w.node, w.sub
+		s, ep := w.sub, parsedEndpoint(w.node, w.sub.Path)
 		sub, err := a.env.JS.Subscribe(a.bus.requestSubject(s.Topic), s.Group, func(m *jetstream.Msg) {
 			if !a.track() { // shutting down: answer on the subscription's goroutine
-				a.serve(node, s, m)
+				a.serve(ep, s, m)
 				return
 			}
-			go func() { defer a.work.Done(); a.serve(node, s, m) }()
+			go func() { defer a.work.Done(); a.serve(ep, s, m) }()
 		})
 		if err != nil {
 			a.log.Warn("gilmour: subscribe", "topic", s.Topic, "err", err)
@@ -181,8 +181,8 @@ func (a *Adapter) reconcile() {
 	}
 }
 
-// serve answers one request on behalf of node: POST path {topic, sender, data, timeout}.
-func (a *Adapter) serve(node nodeRecord, s Sub, m *jetstream.Msg) {
+// serve answers one request on behalf of a node: POST path {topic, sender, data, timeout} to ep.
+func (a *Adapter) serve(ep endpoint, s Sub, m *jetstream.Msg) {
 	start := time.Now()
 	env := DecodeEnvelope(m.Data)
 	topic := a.bus.topicOf(m.Subject)
@@ -191,7 +191,7 @@ func (a *Adapter) serve(node nodeRecord, s Sub, m *jetstream.Msg) {
 		timeout = time.Duration(s.Timeout) * time.Second
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, timeout)
-	res := a.node.call(ctx, node, s.Path, HandlerCall{Topic: topic, Sender: env.Sender, Data: env.Data, Timeout: int(timeout / time.Second)})
+	res := a.node.call(ctx, ep, HandlerCall{Topic: topic, Sender: env.Sender, Data: env.Data, Timeout: int(timeout / time.Second)})
 	cancel()
 	if a.ctx.Err() != nil && res.Code != 200 {
 		return // pod stopping: the requester times out rather than seeing our cancellation

@@ -325,7 +325,17 @@ func (a *Adapter) connGauge(ev zmtp.PeerEvent) {
 	}
 }
 
-func (a *Adapter) in(cmd string)  { a.env.Metrics.MessagesIn.WithLabelValues(protocolName, cmd).Inc() }
+// knownCommands bound the label values of the message counters.
+var knownCommands = map[string]bool{CmdRequest: true, CmdReply: true, CmdInform: true, CmdAck: true, CmdReady: true,
+	CmdHeartbeat: true, CmdKBYE: true, CmdDisconnect: true, CmdSchedule: true, CmdUnschedule: true, CmdPublish: true,
+	CmdStatus: true, CmdRouterShowWorkers: true, CmdRouterShowSchedulers: true, CmdHello: true}
+
+func (a *Adapter) in(cmd string) {
+	if !knownCommands[cmd] {
+		cmd = "OTHER"
+	}
+	a.env.Metrics.MessagesIn.WithLabelValues(protocolName, cmd).Inc()
+}
 func (a *Adapter) out(cmd string) { a.env.Metrics.MessagesOut.WithLabelValues(protocolName, cmd).Inc() }
 func (a *Adapter) fail(kind string) {
 	a.env.Metrics.Errors.WithLabelValues(protocolName, kind).Inc()

@@ -3,6 +3,8 @@ package eventmq
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +63,11 @@ func (a *Adapter) onFrontend(zm zmtp.Message) {
 			}
 			if err != nil {
 				a.fail("schedule")
-				a.log.Warn(strings.ToLower(m.Command), "msgid", s.MsgID, "err", err)
+				lvl := slog.LevelWarn
+				if errors.Is(err, ErrField) {
+					lvl = slog.LevelDebug // the client's mistake (bad cron, payload)
+				}
+				a.log.Log(ctx, lvl, strings.ToLower(m.Command)+" refused", "msgid", s.MsgID, "err", err)
 			}
 		})
 	default:

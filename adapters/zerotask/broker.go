@@ -80,11 +80,12 @@ type Broker struct {
 	// fetched queues results to mark fetched (their expiry starts) off the reply path.
 	fetched chan fetchItem
 
-	mu    sync.Mutex
-	conns map[string]*connState  // routing id → what was registered over it
-	nodeL map[string]*localEntry // node id → local registration
-	cliL  map[string]*localEntry // client id → local registration
-	cache taskCache
+	mu     sync.Mutex
+	evSubj sync.Map               // event → subject
+	conns  map[string]*connState  // routing id → what was registered over it
+	nodeL  map[string]*localEntry // node id → local registration
+	cliL   map[string]*localEntry // client id → local registration
+	cache  taskCache
 	// held are the watchdog deliveries this pod holds, by task id: acked as soon as the task is
 	// finished or failed (here or, told by the result event, on any pod) instead of at its next
 	// lease.
@@ -349,22 +350,15 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	now := time.Now().UTC()
 	t := Task{ID: cid + "-" + tid, ClientID: cid, TaskID: tid, Method: method, Params: tparams,
 		Status: StatusQueued, Created: now, Updated: now, Pod: b.pod}
-	rec, err := json.Marshal(&t)
+	rec, err := encodeTask(&t)
 	if err != nil {
 		return nil, rpcErr(CodeInvalidParams)
 	}
-	qm, _ := json.Marshal(queueMsg{ID: t.ID, ClientID: cid, TaskID: tid, Method: method, Params: tparams})
+	qm := encodeQueueMsg(&t)
 	// The record and the queue message are written at once; both must be stored before the reply.
-	type res struct {
-		rev uint64
-		err error
-	}
-	kvc := make(chan res, 1)
-	go func() {
-		rev, err := b.tasks.Create(ctx, key(t.ID), rec, 0)
-		kvc <- res{rev, err}
-	}()
-	_, perr := b.js.Publish(ctx, b.queueSubject(method, t.ID), qm, jetstream.PubOpts{MsgID: t.ID})
+	kvc := make(chan createResult, 1)
+	go b.createTask(ctx, key(t.ID), rec, kvc)
+	_, perr := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), qm, nil, t.ID)
 	kr := <-kvc
 	if kr.err != nil {
 		if errors.Is(kr.err, jetstream.ErrExists) {
@@ -382,6 +376,21 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	b.m.status(StatusQueued)
 	b.announce(&t)
 	return t.ID, nil
+}
+
+type createResult struct {
+	rev uint64
+	err error
+}
+
+// createTask stores a new task record: one lean write expecting no value; a key that has one (a
+// duplicate, or the delete marker of an expired task) goes through Create, which tells them apart.
+func (b *Broker) createTask(ctx context.Context, k string, rec []byte, out chan<- createResult) {
+	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
+	if errors.Is(err, jetstream.ErrConflict) {
+		rev, err = b.tasks.Create(ctx, k, rec, 0)
+	}
+	out <- createResult{rev, err}
 }
 
 // clientTask reads a client's task by full id (a short id is invalid, as the original).
@@ -508,14 +517,15 @@ func (b *Broker) markFetched(ctx context.Context, t *Task, rev uint64) error {
 		now := time.Now().UTC()
 		nt := *t
 		nt.Fetched, nt.Updated = &now, now
-		data, _ := json.Marshal(&nt)
-		subj := "$KV." + b.js.Names().Asset(bucketTasks) + "." + key(t.ID)
-		_, err := b.js.Publish(ctx, subj, data, jetstream.PubOpts{TTL: b.cfg.ResultTTL, ExpectLastSubjectSeq: rev})
-		if err == nil {
+		data, err := encodeTask(&nt)
+		if err != nil {
+			return fmt.Errorf("mark %s fetched: %w", t.ID, err)
+		}
+		if _, err = b.tasks.WriteLean(ctx, key(t.ID), data, rev, b.cfg.ResultTTL); err == nil {
 			b.cache.drop(t.ID)
 			return nil
 		}
-		if !isWrongSeq(err) {
+		if !errors.Is(err, jetstream.ErrConflict) {
 			return fmt.Errorf("mark %s fetched: %w", t.ID, err)
 		}
 		fresh, frev, gerr := b.getTask(ctx, t.ID, true)
@@ -531,11 +541,6 @@ func (b *Broker) markFetched(ctx context.Context, t *Task, rev uint64) error {
 		t, rev = fresh, frev
 	}
 	return fmt.Errorf("mark %s fetched: too many conflicts", t.ID)
-}
-
-func isWrongSeq(err error) bool {
-	s := err.Error()
-	return strings.Contains(s, "wrong last sequence") || strings.Contains(s, "10071") || strings.Contains(s, "10164")
 }
 
 // ---- nodes ----
@@ -652,8 +657,10 @@ func (b *Broker) nodeArgs(ctx context.Context, c caller, params json.RawMessage,
 	var a args
 	var e *RPCError
 	if firstByte(params) == '[' {
-		var list []json.RawMessage
-		_ = json.Unmarshal(params, &list)
+		list, ok := splitArray(params)
+		if !ok {
+			_ = json.Unmarshal(params, &list)
+		}
 		if len(list) >= codeMin {
 			a, _, e = bindParams(params, code, codeMin, extra)
 		} else {
@@ -822,7 +829,7 @@ func (b *Broker) nodeTaskDone(ctx context.Context, c caller, params json.RawMess
 	if changed {
 		b.m.status(status)
 		b.release(tid)
-		b.publish(evResultReady, map[string]any{"task_id": tid})
+		b.publish(evResultReady, "task_id", tid)
 	}
 	return true, nil
 }
@@ -1082,11 +1089,11 @@ func (b *Broker) updateTask(ctx context.Context, id string, fresh bool, fn func(
 		if err != nil || !change {
 			return err
 		}
-		data, err := json.Marshal(t)
+		data, err := encodeTask(t)
 		if err != nil {
 			return fmt.Errorf("task %s: %w", id, err)
 		}
-		nrev, err := b.tasks.Update(ctx, key(id), data, rev)
+		nrev, err := b.tasks.WriteLean(ctx, key(id), data, rev, 0)
 		if err == nil {
 			b.cache.put(t, nrev)
 			return nil
@@ -1142,7 +1149,7 @@ func (b *Broker) requeue(ctx context.Context, id, node, reason string) error {
 	if out.Status == StatusFailed {
 		b.release(out.ID)
 		b.deadLetter(ctx, out, reason)
-		b.publish(evResultReady, map[string]any{"task_id": out.ID})
+		b.publish(evResultReady, "task_id", out.ID)
 		return nil
 	}
 	b.log.Info("zerotask: task requeued", "task", id, "node", node, "reason", reason)
@@ -1170,19 +1177,25 @@ func (b *Broker) deadLetter(ctx context.Context, t *Task, reason string) {
 // announce tells every pod's PUB socket (and NATS subscribers) that a task waits.
 func (b *Broker) announce(t *Task) {
 	// One NATS message; every pod's PUB also sends it under the spec's name (broker_new_task).
-	b.publish(evTaskReady, map[string]any{"method": t.Method, "task_id": t.ID})
+	b.publish(evTaskReady, "method", t.Method, "task_id", t.ID)
 }
 
 // publish sends a notification to zerotask.events.<event>; every pod forwards it to its PUB.
-func (b *Broker) publish(event string, params any) {
-	data, err := EncodeNotification(eventMethods[event], params)
-	if err != nil {
-		b.log.Error("zerotask: encode notification", "err", err)
-		return
-	}
-	if err := b.js.PublishCore(b.js.Subject("zerotask", "events", event), data, nil); err != nil {
+func (b *Broker) publish(event string, params ...string) {
+	data := encodeEvent(eventMethods[event], params...)
+	if err := b.js.PublishCore(b.eventSubject(event), data, nil); err != nil {
 		b.log.Warn("zerotask: publish notification", "event", event, "err", err)
 	}
+}
+
+// eventSubject is zerotask.events.<event> (built once per event).
+func (b *Broker) eventSubject(event string) string {
+	if s, ok := b.evSubj.Load(event); ok {
+		return s.(string)
+	}
+	s := b.js.Subject("zerotask", "events", event)
+	b.evSubj.Store(event, s)
+	return s
 }
 
 // ---- a small cache of the tasks this pod wrote (revision hints for CAS, terminal results) ----

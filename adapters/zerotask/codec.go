@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -111,6 +112,11 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 		}
 		return d, nil
 	case '{':
+		if obj, ok := fastRequest(frame); ok {
+			r, e := decodeObject(&obj)
+			d.Requests, d.Errors = []Request{r}, []*RPCError{e}
+			return d, nil
+		}
 		// Unmarshal validates the whole frame: a syntax error is a parse error.
 		var obj wireRequest
 		if e := json.Unmarshal(frame, &obj); e != nil {
@@ -229,23 +235,51 @@ func falsy(v json.RawMessage) bool {
 	return false
 }
 
-// EncodeResult encodes a success response.
+// EncodeResult encodes a success response (Python's separators, as the original).
 func EncodeResult(id json.RawMessage, result any) ([]byte, error) {
-	res, err := marshal(result)
-	if err != nil {
-		return nil, fmt.Errorf("encode result: %w", err)
+	out := make([]byte, 0, 64+len(id)+resultSize(result))
+	out = append(out, `{"jsonrpc": "2.0", "result": `...)
+	switch x := result.(type) {
+	case nil:
+		out = append(out, "null"...)
+	case string:
+		out = appendJSONString(out, x, false)
+	case bool:
+		out = strconv.AppendBool(out, x)
+	case int:
+		out = strconv.AppendInt(out, int64(x), 10)
+	case json.RawMessage:
+		if len(x) == 0 {
+			out = append(out, "null"...)
+		} else {
+			out = appendPython(out, x)
+		}
+	case *taskObj:
+		out = x.appendPython(out)
+	default:
+		res, err := marshal(result)
+		if err != nil {
+			return nil, fmt.Errorf("encode result: %w", err)
+		}
+		out = appendPython(out, res)
 	}
-	var b bytes.Buffer
-	b.WriteString(`{"jsonrpc":"2.0","result":`)
-	b.Write(res)
-	b.WriteString(`,"id":`)
+	out = append(out, `, "id": `...)
 	if len(id) == 0 {
-		b.WriteString("null")
+		out = append(out, "null"...)
 	} else {
-		b.Write(id)
+		out = appendPython(out, id)
 	}
-	b.WriteByte('}')
-	return Pythonize(b.Bytes()), nil
+	return append(out, '}'), nil
+}
+
+func resultSize(result any) int {
+	switch x := result.(type) {
+	case json.RawMessage:
+		return len(x) + len(x)/8
+	case *taskObj:
+		return 96 + len(x.params) + len(x.params)/8
+	}
+	return 32
 }
 
 // EncodeError encodes an error response; the id is left out when it is falsy (as the original).
@@ -347,9 +381,11 @@ func bindParams(params json.RawMessage, names []string, minArgs int, extra bool)
 	a := args{}
 	switch firstByte(params) {
 	case '[':
-		var list []json.RawMessage
-		if err := json.Unmarshal(params, &list); err != nil {
-			return nil, 0, rpcErr(CodeInvalidParams)
+		list, ok := splitArray(params)
+		if !ok {
+			if err := json.Unmarshal(params, &list); err != nil {
+				return nil, 0, rpcErr(CodeInvalidParams)
+			}
 		}
 		if len(list) > len(names) && !extra {
 			return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: at most %d expected, got %d.", len(names), len(list)))
@@ -364,16 +400,14 @@ func bindParams(params json.RawMessage, names []string, minArgs int, extra bool)
 		}
 		return a, len(list), nil
 	case '{':
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(params, &obj); err != nil {
-			return nil, 0, rpcErr(CodeInvalidParams)
-		}
-		known := map[string]bool{}
-		for _, n := range names {
-			known[n] = true
+		obj, ok := splitObject(params)
+		if !ok {
+			if err := json.Unmarshal(params, &obj); err != nil {
+				return nil, 0, rpcErr(CodeInvalidParams)
+			}
 		}
 		for k, v := range obj {
-			if !known[k] {
+			if !slices.Contains(names, k) {
 				if extra {
 					continue
 				}

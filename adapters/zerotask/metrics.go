@@ -2,6 +2,7 @@ package zerotask
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ type brokerMetrics struct {
 	requeued prometheus.Counter
 	nodes    prometheus.Gauge
 	clients  prometheus.Gauge
+	okCache  sync.Map // method → *okMetrics
 }
 
 func newBrokerMetrics(shared *bridge.Metrics, reg prometheus.Registerer) *brokerMetrics {
@@ -42,20 +44,46 @@ func newBrokerMetrics(shared *bridge.Metrics, reg prometheus.Registerer) *broker
 	return m
 }
 
+// okMetrics are one method's series for successful requests, resolved once.
+type okMetrics struct {
+	requests prometheus.Counter
+	in       prometheus.Counter
+	latency  prometheus.Observer
+}
+
+func (m *brokerMetrics) ok(method string) *okMetrics {
+	if v, found := m.okCache.Load(method); found {
+		return v.(*okMetrics)
+	}
+	o := &okMetrics{requests: m.requests.WithLabelValues(method, "0")}
+	if m.shared != nil {
+		o.in = m.shared.MessagesIn.WithLabelValues(protocol, method)
+		o.latency = m.shared.Latency.WithLabelValues(protocol, method)
+	}
+	v, _ := m.okCache.LoadOrStore(method, o)
+	return v.(*okMetrics)
+}
+
 func (m *brokerMetrics) request(method string, code int) {
+	if code == 0 {
+		o := m.ok(method)
+		o.requests.Inc()
+		if o.in != nil {
+			o.in.Inc()
+		}
+		return
+	}
 	m.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
 	if m.shared == nil {
 		return
 	}
 	m.shared.MessagesIn.WithLabelValues(protocol, method).Inc()
-	if code != 0 {
-		m.shared.Errors.WithLabelValues(protocol, strconv.Itoa(code)).Inc()
-	}
+	m.shared.Errors.WithLabelValues(protocol, strconv.Itoa(code)).Inc()
 }
 
 func (m *brokerMetrics) latency(method string, d time.Duration) {
-	if m.shared != nil {
-		m.shared.Latency.WithLabelValues(protocol, method).Observe(d.Seconds())
+	if o := m.ok(method); o.latency != nil {
+		o.latency.Observe(d.Seconds())
 	}
 }
 

@@ -67,11 +67,6 @@ type Task struct {
 	Pod string `json:"pod,omitempty"`
 }
 
-// taskObject is what node_task_request returns (as the original: short id, status, node).
-func (t *Task) taskObject() map[string]any {
-	return map[string]any{"method": t.Method, "params": t.Params, "_status": t.Status, "id": t.TaskID, "_node": t.NodeID}
-}
-
 // Peer is a ZeroTask participant's record (KV ZEROTASK_NODES or ZEROTASK_CLIENTS, key = encoded
 // id). A participant connected over ZeroMQ is kept alive by its pod while its connection lasts;
 // one using HTTP or NATS by its own calls (node_heartbeat or any other).

@@ -12,6 +12,7 @@ package zerotask
 //   - The re-announcer announces every waiting task when a node connects.
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -260,8 +261,19 @@ func (b *Broker) release(id string) {
 	}
 }
 
+var resultReadyParams = []byte(`"params": {"task_id": `)
+
 // releaseFromEvent handles a task_result_ready notification from any pod.
 func (b *Broker) releaseFromEvent(data []byte) {
+	if i := bytes.Index(data, resultReadyParams); i >= 0 {
+		start := i + len(resultReadyParams)
+		if e := scanString(data, start); e > 0 {
+			if id, ok := unquote(data[start:e]); ok && id != "" {
+				b.release(id)
+				return
+			}
+		}
+	}
 	var n struct {
 		Params struct {
 			TaskID string `json:"task_id"`

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -52,6 +53,9 @@ type Adapter struct {
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup // background loops
 	work       sync.WaitGroup // in-flight service calls and deliveries (see track)
+	workers    sync.WaitGroup // service call workers (see dispatch)
+	jobs       chan func()    // service calls handed to idle workers
+	idle       atomic.Int32   // idle workers
 	workMu     sync.Mutex
 	workClosed bool
 
@@ -134,6 +138,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	a.services = map[svcKey]*jetstream.Subscription{}
 	a.pullers = map[slotKey]*puller{}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.jobs = make(chan func())
 
 	updates, err := kv.Watch(a.ctx, "node.>", true)
 	if err != nil {
@@ -221,6 +226,7 @@ func (a *Adapter) Stop() error {
 	}
 	a.wg.Wait()
 	_ = a.waitWork(context.Background())
+	a.workers.Wait()
 	a.hc.CloseIdleConnections()
 	return nil
 }

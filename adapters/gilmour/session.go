@@ -154,7 +154,7 @@ func (a *Adapter) reconcile() {
 				a.serve(ep, s, m)
 				return
 			}
-			go func() { defer a.work.Done(); a.serve(ep, s, m) }()
+			a.dispatch(func() { defer a.work.Done(); a.serve(ep, s, m) })
 		})
 		if err != nil {
 			a.log.Warn("gilmour: subscribe", "topic", s.Topic, "err", err)
@@ -203,6 +203,39 @@ func (a *Adapter) serve(ep endpoint, s Sub, m *jetstream.Msg) {
 	a.met.handled(topic, res.Code, time.Since(start))
 	if res.Code >= 300 {
 		a.bus.publishError(topic, env.Sender, res.Code, env.Data, res.Data, "")
+	}
+}
+
+// maxIdleWorkers bounds the workers kept waiting for the next service call.
+const maxIdleWorkers = 256
+
+// dispatch runs fn (a tracked call) on an idle worker, or on a new one. A worker stays for the
+// next call (no goroutine start, its stack already grown), at most maxIdleWorkers of them idle at
+// once; they end with the adapter's context.
+func (a *Adapter) dispatch(fn func()) {
+	select {
+	case a.jobs <- fn:
+	default:
+		a.workers.Add(1) // fn is tracked in a.work: Stop waits for a.workers only after a.work
+		go a.worker(fn)
+	}
+}
+
+func (a *Adapter) worker(fn func()) {
+	defer a.workers.Done()
+	for {
+		fn()
+		if a.idle.Add(1) > maxIdleWorkers {
+			a.idle.Add(-1)
+			return
+		}
+		select {
+		case fn = <-a.jobs:
+			a.idle.Add(-1)
+		case <-a.ctx.Done():
+			a.idle.Add(-1)
+			return
+		}
 	}
 }
 

@@ -293,3 +293,34 @@ func TestQueueForgottenAfterTTL(t *testing.T) {
 		t.Fatalf("default worker got %s %q", m.MsgID, m.Body)
 	}
 }
+
+// A worker whose connection drops (no KBYE) gives its job back at once.
+func TestDisconnectRequeues(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js, "--eventmq-heartbeat-timeout=30s") // only the disconnect can tell
+	w := goWorker(t, p.Addrs[ListenBackend], "")
+	w.send(CmdReady)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	id := c.send(CmdRequest, "default", "reply-requested", jobPayload("j"))
+	if m := w.recv(5*time.Second, CmdHeartbeat); m.MsgID != id {
+		t.Fatalf("got %s", m.MsgID)
+	}
+	w.stopBeat()
+	w.d.Close()
+	w2 := goWorker(t, p.Addrs[ListenBackend], "")
+	w2.send(CmdReady)
+	m := w2.recv(5*time.Second, CmdHeartbeat)
+	if m.MsgID != id {
+		t.Fatalf("w2 got %s", m.MsgID)
+	}
+	w2.send(CmdReply, `{"value": 2}`, id)
+	w2.send(CmdReady)
+	waitDoneGo(t, p.AdminURL, id)
+	var qs struct{ Queues []QueueStatus }
+	getJSON(t, p.AdminURL+"/api/v1/eventmq/queues", &qs)
+	for _, q := range qs.Queues {
+		if q.Name == "default" && q.Redelivered < 1 {
+			t.Fatalf("redelivered %d", q.Redelivered)
+		}
+	}
+}

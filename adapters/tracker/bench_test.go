@@ -105,6 +105,8 @@ func trackerRun(b *testing.B, a *Adapter, pod *bridgetest.Pod, secrets []string,
 	left.Store(int64(n))
 	var finished atomic.Int64
 	lat := make([][]time.Duration, conc)
+	enq := make([][]time.Duration, conc)
+	fin := make([][]time.Duration, conc)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := 0; w < conc; w++ {
@@ -114,10 +116,12 @@ func trackerRun(b *testing.B, a *Adapter, pod *bridgetest.Pod, secrets []string,
 			c := clients[w]
 			for finished.Load() < int64(n) {
 				if left.Add(-1) >= 0 {
+					t0 := time.Now()
 					if _, _, err := a.q.Enqueue(ctx, NewItem{Item: "https://bench/", PipelineType: ptype}); err != nil {
 						b.Error(err)
 						return
 					}
+					enq[w] = append(enq[w], time.Since(t0))
 				}
 				t0 := time.Now()
 				r, err := c.tryCall("Item:claim", map[string]any{"pipeline_type": ptype})
@@ -131,20 +135,29 @@ func trackerRun(b *testing.B, a *Adapter, pod *bridgetest.Pod, secrets []string,
 				if cl.Item.ID == "" {
 					continue
 				}
+				t1 := time.Now()
 				r, err = c.tryCall("Item:finish", map[string]any{"id": cl.Item.ID})
 				if err != nil || r.Status != 204 {
 					b.Errorf("finish: %v %s", err, r.Raw)
 					return
 				}
+				fin[w] = append(fin[w], time.Since(t1))
 				finished.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	rate := float64(n) / time.Since(start).Seconds()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
+	var all, enqs, fins []time.Duration
+	for w := range lat {
+		all = append(all, lat[w]...)
+		enqs = append(enqs, enq[w]...)
+		fins = append(fins, fin[w]...)
+	}
+	if testing.Verbose() {
+		b.Logf("%.0f items/s; enqueue p50 %v p99 %v; claim p50 %v p99 %v; finish p50 %v p99 %v", rate,
+			percentile(enqs, 0.5), percentile(enqs, 0.99), percentile(all, 0.5), percentile(all, 0.99),
+			percentile(fins, 0.5), percentile(fins, 0.99))
 	}
 	return rate, all
 }

@@ -232,13 +232,18 @@ func (q *Queue) publishToken(ctx context.Context, r *Record) error {
 	if _, err := q.js.Publish(ctx, subj, b, jetstream.PubOpts{}); err != nil {
 		return fmt.Errorf("ready token %s: %w", r.ID, err)
 	}
+	q.noteSubject(r.PipelineType, subj)
+	return nil
+}
+
+// noteSubject makes this pod's claims re-read the order when a token went to a ready subject
+// they did not know.
+func (q *Queue) noteSubject(ptype, subj string) {
 	q.orderMu.Lock()
-	if c := q.order[r.PipelineType]; c != nil && c.counts[subj] == 0 {
-		// a subject this pod's claims did not know: make them re-read the order
-		delete(q.order, r.PipelineType)
+	if c := q.order[ptype]; c != nil && c.counts[subj] == 0 {
+		delete(q.order, ptype)
 	}
 	q.orderMu.Unlock()
-	return nil
 }
 
 // readyCounts returns the per-subject counts of a pipeline type's ready tokens, reused for
@@ -330,16 +335,16 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 			return id, true, sameSubmission(ent.Value, it)
 		}
 	}
-	if r.Status == StatusStashed {
-		err = q.publishStashToken(ctx, r)
-	} else {
-		err = q.publishToken(ctx, r)
-	}
-	if err != nil {
-		return "", false, err
-	}
 	b, _ := json.Marshal(r)
-	rev, err := q.items.Create(ctx, id, b, 0)
+	var rev uint64
+	if r.Status == StatusStashed {
+		if err = q.publishStashToken(ctx, r); err != nil {
+			return "", false, err
+		}
+		rev, err = q.items.Create(ctx, id, b, 0)
+	} else {
+		rev, err = q.createWithToken(ctx, r, b)
+	}
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			// the token we published is a harmless duplicate
@@ -357,6 +362,53 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		q.event(r, "queued", "", "", -1)
 	}
 	return id, false, nil
+}
+
+// createWithToken stores a new todo record and its ready token with both writes in flight at
+// once: the token is sent first (on one connection the server receives it first, so a pod that
+// dies while sending leaves at worst an orphan token, never a record without token) and the
+// caller is answered only when both are acknowledged. When the token is refused but the record
+// was stored, the token is published again; if that fails too, the record is deleted (CAS on its
+// revision) so that nothing is half-applied.
+func (q *Queue) createWithToken(ctx context.Context, r *Record, val []byte) (uint64, error) {
+	tb, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	subj := q.readySubject(r)
+	tf, terr := q.js.PublishAsync(subj, tb, jetstream.PubOpts{})
+	if terr != nil {
+		return 0, fmt.Errorf("ready token %s: %w", r.ID, terr)
+	}
+	cf, err := q.items.CreateAsync(r.ID, val)
+	if err != nil {
+		_, _ = tf.Wait(ctx) // the token alone is an orphan, dropped when claimed
+		return 0, fmt.Errorf("enqueue %s: %w", r.ID, err)
+	}
+	_, terr = tf.Wait(ctx)
+	ack, err := cf.Wait(ctx)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrExists) {
+			return 0, fmt.Errorf("enqueue %s: %w", r.ID, err)
+		}
+		// the key exists, or held a value that was deleted (Create accepts that one); an
+		// existing item is the caller's business and our token a harmless duplicate
+		rev, err := q.items.Create(ctx, r.ID, val, 0)
+		if err != nil {
+			return 0, err
+		}
+		ack.Sequence = rev
+	}
+	if terr != nil {
+		if err := q.publishToken(ctx, r); err != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if derr := q.items.Delete(dctx, r.ID, ack.Sequence); derr != nil {
+				q.log.Error("tracker: queued item without ready token", "id", r.ID, "token_err", err, "delete_err", derr)
+			}
+			return 0, fmt.Errorf("ready token %s: %w", r.ID, terr)
+		}
+		return ack.Sequence, nil
+	}
+	q.noteSubject(r.PipelineType, subj)
+	return ack.Sequence, nil
 }
 
 // sameSubmission checks that a submission with the id of a stored item is that item again (a

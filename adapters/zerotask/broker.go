@@ -354,43 +354,43 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	if err != nil {
 		return nil, rpcErr(CodeInvalidParams)
 	}
-	qm := encodeQueueMsg(&t)
-	// The record and the queue message are written at once; both must be stored before the reply.
-	kvc := make(chan createResult, 1)
-	go b.createTask(ctx, key(t.ID), rec, kvc)
-	_, perr := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), qm, nil, t.ID)
-	kr := <-kvc
-	if kr.err != nil {
-		if errors.Is(kr.err, jetstream.ErrExists) {
+	// The record, then the queue message: both are stored before the reply. A retried submission
+	// finds the record and queues its message again (de-duplicated by the stream), in case the
+	// first attempt stopped in between.
+	k := key(t.ID)
+	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
+	if errors.Is(err, jetstream.ErrConflict) {
+		rev, err = b.tasks.Create(ctx, k, rec, 0) // a duplicate, or the delete marker of an old task
+	}
+	if err != nil {
+		if errors.Is(err, jetstream.ErrExists) {
+			b.requeueExisting(ctx, t.ID)
 			return nil, rpcErr(CodeInvalidTask, "Invalid task id: "+strconv.Quote(t.ID)+" exists.")
 		}
-		return nil, internal(kr.err)
+		return nil, internal(err)
 	}
-	if perr != nil {
-		if err := b.tasks.Delete(ctx, key(t.ID), kr.rev); err != nil {
-			b.log.Error("zerotask: task stored but not queued, and not removed", "task", t.ID, "err", err)
+	if _, err := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), nil, t.ID); err != nil {
+		if derr := b.tasks.Delete(ctx, k, rev); derr != nil {
+			b.log.Error("zerotask: task stored but not queued, and not removed", "task", t.ID, "err", derr)
 		}
-		return nil, internal(perr)
+		return nil, internal(err)
 	}
-	b.cache.put(&t, kr.rev)
+	b.cache.put(&t, rev)
 	b.m.status(StatusQueued)
 	b.announce(&t)
 	return t.ID, nil
 }
 
-type createResult struct {
-	rev uint64
-	err error
-}
-
-// createTask stores a new task record: one lean write expecting no value; a key that has one (a
-// duplicate, or the delete marker of an expired task) goes through Create, which tells them apart.
-func (b *Broker) createTask(ctx context.Context, k string, rec []byte, out chan<- createResult) {
-	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
-	if errors.Is(err, jetstream.ErrConflict) {
-		rev, err = b.tasks.Create(ctx, k, rec, 0)
+// requeueExisting queues the message of an existing unfinished task again (the stream drops it
+// as a duplicate when the first one is there or was acked within the de-duplication window).
+func (b *Broker) requeueExisting(ctx context.Context, id string) {
+	t, _, err := b.getTask(ctx, id, true)
+	if err != nil || terminal(t.Status) {
+		return
 	}
-	out <- createResult{rev, err}
+	if _, err := b.js.PublishLean(ctx, b.queueSubject(t.Method, t.ID), encodeQueueMsg(t), nil, t.ID); err != nil {
+		b.log.Warn("zerotask: queue an existing task again", "task", id, "err", err)
+	}
 }
 
 // clientTask reads a client's task by full id (a short id is invalid, as the original).

@@ -13,12 +13,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Puller pulls from a durable pull consumer through one long-lived inbox subscription, asking
+// SlotPuller pulls from a durable pull consumer through one long-lived inbox subscription, asking
 // for exactly as many messages as its owner has room for (Fetch, by contrast, subscribes and
 // unsubscribes on every call). Every requested message either arrives (onJob) or is reported as
 // not coming (onEnd with the count: the request expired or the server ended it), so the owner
 // always knows how many messages are still on their way.
-type Puller struct {
+type SlotPuller struct {
 	c      *Client
 	stream string
 	api    string
@@ -30,10 +30,10 @@ type Puller struct {
 	closed bool
 }
 
-// NewPuller binds a Puller to a provisioned durable consumer. onJob and onEnd run on the
+// NewSlotPuller binds a SlotPuller to a provisioned durable consumer. onJob and onEnd run on the
 // subscription's goroutine, one at a time.
-func (c *Client) NewPuller(stream, durable string, onJob func(*Job), onEnd func(unfilled int)) (*Puller, error) {
-	p := &Puller{c: c, stream: stream, onJob: onJob, onEnd: onEnd,
+func (c *Client) NewSlotPuller(stream, durable string, onJob func(*Job), onEnd func(unfilled int)) (*SlotPuller, error) {
+	p := &SlotPuller{c: c, stream: stream, onJob: onJob, onEnd: onEnd,
 		api: fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", c.names.Asset(stream), c.names.Asset(durable))}
 	sub, err := c.nc.Subscribe(c.nc.NewInbox(), p.handle)
 	if err != nil {
@@ -44,7 +44,7 @@ func (c *Client) NewPuller(stream, durable string, onJob func(*Job), onEnd func(
 }
 
 // Pull asks for n more messages, waiting for them at most expires on the server.
-func (p *Puller) Pull(n int, expires time.Duration) error {
+func (p *SlotPuller) Pull(n int, expires time.Duration) error {
 	if n <= 0 {
 		return nil
 	}
@@ -64,7 +64,7 @@ func (p *Puller) Pull(n int, expires time.Duration) error {
 	return nil
 }
 
-func (p *Puller) handle(m *nats.Msg) {
+func (p *SlotPuller) handle(m *nats.Msg) {
 	if len(m.Data) == 0 && m.Header != nil {
 		if status := m.Header.Get("Status"); status != "" {
 			if status == "100" { // idle heartbeat / flow control
@@ -83,7 +83,7 @@ func (p *Puller) handle(m *nats.Msg) {
 	if !strings.HasPrefix(m.Reply, "$JS.ACK.") {
 		return
 	}
-	pm := &pulledMsg{m: m, nc: p.c.nc}
+	pm := &slotMsg{m: m, nc: p.c.nc}
 	j := &Job{Msg: Msg{Subject: m.Subject, Header: m.Header, Data: m.Data, Reply: m.Reply}, c: p.c, stream: p.stream, m: pm}
 	if md, err := pm.Metadata(); err == nil {
 		j.Sequence = md.Sequence.Stream
@@ -95,7 +95,7 @@ func (p *Puller) handle(m *nats.Msg) {
 }
 
 // Close stops the subscription; requests still open on the server expire.
-func (p *Puller) Close() error {
+func (p *SlotPuller) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
@@ -105,13 +105,13 @@ func (p *Puller) Close() error {
 	return nil
 }
 
-// pulledMsg is a JetStream message received on a Puller's inbox; acks go to its reply subject.
-type pulledMsg struct {
+// slotMsg is a JetStream message received on a SlotPuller's inbox; acks go to its reply subject.
+type slotMsg struct {
 	m  *nats.Msg
 	nc *nats.Conn
 }
 
-func (p *pulledMsg) Metadata() (*jetstream.MsgMetadata, error) {
+func (p *slotMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	md, err := p.m.Metadata()
 	if err != nil {
 		return nil, err
@@ -121,18 +121,18 @@ func (p *pulledMsg) Metadata() (*jetstream.MsgMetadata, error) {
 		Consumer: md.Consumer, Domain: md.Domain}, nil
 }
 
-func (p *pulledMsg) Data() []byte         { return p.m.Data }
-func (p *pulledMsg) Headers() nats.Header { return p.m.Header }
-func (p *pulledMsg) Subject() string      { return p.m.Subject }
-func (p *pulledMsg) Reply() string        { return p.m.Reply }
-func (p *pulledMsg) Ack() error           { return p.m.Ack() }
-func (p *pulledMsg) DoubleAck(ctx context.Context) error {
+func (p *slotMsg) Data() []byte         { return p.m.Data }
+func (p *slotMsg) Headers() nats.Header { return p.m.Header }
+func (p *slotMsg) Subject() string      { return p.m.Subject }
+func (p *slotMsg) Reply() string        { return p.m.Reply }
+func (p *slotMsg) Ack() error           { return p.m.Ack() }
+func (p *slotMsg) DoubleAck(ctx context.Context) error {
 	return p.m.AckSync(nats.Context(ctx))
 }
-func (p *pulledMsg) Nak() error                         { return p.m.Nak() }
-func (p *pulledMsg) NakWithDelay(d time.Duration) error { return p.m.NakWithDelay(d) }
-func (p *pulledMsg) InProgress() error                  { return p.m.InProgress() }
-func (p *pulledMsg) Term() error                        { return p.m.Term() }
-func (p *pulledMsg) TermWithReason(reason string) error {
+func (p *slotMsg) Nak() error                         { return p.m.Nak() }
+func (p *slotMsg) NakWithDelay(d time.Duration) error { return p.m.NakWithDelay(d) }
+func (p *slotMsg) InProgress() error                  { return p.m.InProgress() }
+func (p *slotMsg) Term() error                        { return p.m.Term() }
+func (p *slotMsg) TermWithReason(reason string) error {
 	return p.nc.Publish(p.m.Reply, []byte("+TERM "+reason))
 }

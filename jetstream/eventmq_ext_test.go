@@ -11,7 +11,7 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
-// A Puller gets exactly what it asks for, reports requests that expire unfilled, and its jobs
+// A SlotPuller gets exactly what it asks for, reports requests that expire unfilled, and its jobs
 // ack, retry, extend and dead-letter like fetched ones.
 func TestPuller(t *testing.T) {
 	c := jstest.Connect(t, jstest.Server(t))
@@ -28,7 +28,7 @@ func TestPuller(t *testing.T) {
 	var mu sync.Mutex
 	var jobs []*jetstream.Job
 	ended := 0
-	p, err := c.NewPuller("PULL", "W", func(j *jetstream.Job) {
+	p, err := c.NewSlotPuller("PULL", "W", func(j *jetstream.Job) {
 		mu.Lock()
 		jobs = append(jobs, j)
 		mu.Unlock()

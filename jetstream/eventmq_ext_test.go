@@ -13,7 +13,7 @@ import (
 
 // A SlotPuller gets exactly what it asks for, reports requests that expire unfilled, and its jobs
 // ack, retry, extend and dead-letter like fetched ones.
-func TestPuller(t *testing.T) {
+func TestSlotPuller(t *testing.T) {
 	c := jstest.Connect(t, jstest.Server(t))
 	ctx := context.Background()
 	if _, err := c.Provision(ctx, jetstream.Assets{

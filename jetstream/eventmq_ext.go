@@ -83,7 +83,7 @@ func (p *SlotPuller) handle(m *nats.Msg) {
 	if !strings.HasPrefix(m.Reply, "$JS.ACK.") {
 		return
 	}
-	pm := &slotMsg{m: m, nc: p.c.nc}
+	pm := &pulledMsg{m: m, nc: p.c.nc}
 	j := &Job{Msg: Msg{Subject: m.Subject, Header: m.Header, Data: m.Data, Reply: m.Reply}, c: p.c, stream: p.stream, m: pm}
 	if md, err := pm.Metadata(); err == nil {
 		j.Sequence = md.Sequence.Stream
@@ -105,13 +105,13 @@ func (p *SlotPuller) Close() error {
 	return nil
 }
 
-// slotMsg is a JetStream message received on a SlotPuller's inbox; acks go to its reply subject.
-type slotMsg struct {
+// pulledMsg is a JetStream message received on a SlotPuller's inbox; acks go to its reply subject.
+type pulledMsg struct {
 	m  *nats.Msg
 	nc *nats.Conn
 }
 
-func (p *slotMsg) Metadata() (*jetstream.MsgMetadata, error) {
+func (p *pulledMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	md, err := p.m.Metadata()
 	if err != nil {
 		return nil, err
@@ -121,18 +121,18 @@ func (p *slotMsg) Metadata() (*jetstream.MsgMetadata, error) {
 		Consumer: md.Consumer, Domain: md.Domain}, nil
 }
 
-func (p *slotMsg) Data() []byte         { return p.m.Data }
-func (p *slotMsg) Headers() nats.Header { return p.m.Header }
-func (p *slotMsg) Subject() string      { return p.m.Subject }
-func (p *slotMsg) Reply() string        { return p.m.Reply }
-func (p *slotMsg) Ack() error           { return p.m.Ack() }
-func (p *slotMsg) DoubleAck(ctx context.Context) error {
+func (p *pulledMsg) Data() []byte         { return p.m.Data }
+func (p *pulledMsg) Headers() nats.Header { return p.m.Header }
+func (p *pulledMsg) Subject() string      { return p.m.Subject }
+func (p *pulledMsg) Reply() string        { return p.m.Reply }
+func (p *pulledMsg) Ack() error           { return p.m.Ack() }
+func (p *pulledMsg) DoubleAck(ctx context.Context) error {
 	return p.m.AckSync(nats.Context(ctx))
 }
-func (p *slotMsg) Nak() error                         { return p.m.Nak() }
-func (p *slotMsg) NakWithDelay(d time.Duration) error { return p.m.NakWithDelay(d) }
-func (p *slotMsg) InProgress() error                  { return p.m.InProgress() }
-func (p *slotMsg) Term() error                        { return p.m.Term() }
-func (p *slotMsg) TermWithReason(reason string) error {
+func (p *pulledMsg) Nak() error                         { return p.m.Nak() }
+func (p *pulledMsg) NakWithDelay(d time.Duration) error { return p.m.NakWithDelay(d) }
+func (p *pulledMsg) InProgress() error                  { return p.m.InProgress() }
+func (p *pulledMsg) Term() error                        { return p.m.Term() }
+func (p *pulledMsg) TermWithReason(reason string) error {
 	return p.nc.Publish(p.m.Reply, []byte("+TERM "+reason))
 }

@@ -254,6 +254,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	a.every(a.cfg.heartbeat, a.b.heartbeat)
 	a.every(max(a.cfg.lease/3, 50*time.Millisecond), a.b.extendLeases)
+	a.every(a.cfg.pollWait, a.b.topUpAll)
 	a.every(2*time.Second, a.updateDepths)
 	a.wg.Add(1)
 	go a.flusher()
@@ -406,6 +407,7 @@ func (a *Adapter) Stop() error {
 		if a.b != nil {
 			a.b.stopFilling()
 			a.b.wg.Wait()
+			a.b.closePullers()
 		}
 		a.wg.Wait()
 	})

@@ -32,16 +32,22 @@ type broker struct {
 	consMu sync.Mutex
 	cons   map[string]*jetstream.Consumer
 
-	// pools group the free slots of the workers that serve one queue only: any of the pool's
-	// fetchers pulls for them and a job goes to the highest-weight member with a free slot, as
-	// the original router picks workers. Workers of several queues have their own fillers.
+	// pools group the free slots of the workers that serve one queue only: the pool's puller
+	// asks JetStream for exactly as many jobs as they have free slots, and a job goes to the
+	// highest-weight member with a free slot, as the original router picks workers. Workers of
+	// several queues have their own fillers.
 	pools map[string]*pool
 }
 
 type pool struct {
-	free     int // free slots of the members
-	fetchers int // fetcher goroutines (never more than free, but for ones about to stop)
-	members  map[*worker]struct{}
+	queue       string
+	free        int // free slots of the members
+	outstanding int // jobs asked for and not arrived (nor reported unfilled) yet
+	members     map[*worker]struct{}
+	puller      *jetstream.SlotPuller
+	making      bool      // a goroutine is creating the puller
+	lastPull    time.Time // when jobs were last asked for
+	lastEvent   time.Time // when a job or an unfilled report last arrived
 }
 
 type worker struct {
@@ -98,7 +104,7 @@ func (b *broker) stat(q string) *queueStats {
 func (b *broker) poolOf(q string) *pool {
 	p := b.pools[q]
 	if p == nil {
-		p = &pool{members: map[*worker]struct{}{}}
+		p = &pool{queue: q, members: map[*worker]struct{}{}}
 		b.pools[q] = p
 	}
 	return p
@@ -236,17 +242,11 @@ func (b *broker) ready(id []byte) {
 	}
 	w.free++
 	start := !b.stopped && !b.a.draining.Load()
-	q := ""
+	var p *pool
 	if w.pooled {
-		q = w.queues[0].Name
-		p := b.poolOf(q)
+		p = b.poolOf(w.queues[0].Name)
 		p.free++
-		start = start && p.fetchers < p.free
-		if start {
-			p.fetchers++
-		}
-	}
-	if start {
+	} else if start {
 		b.wg.Add(1)
 	}
 	b.mu.Unlock()
@@ -254,8 +254,8 @@ func (b *broker) ready(id []byte) {
 		b.finish(done, nil)
 	}
 	switch {
-	case start && w.pooled:
-		go b.fetch(q)
+	case p != nil:
+		b.topUp(p)
 	case start:
 		go b.fill(w)
 	}
@@ -423,41 +423,122 @@ func (b *broker) fill(w *worker) {
 	}
 }
 
-// fetch is one fetcher of the pool of queue q: it pulls a job while the pool has at least as
-// many free slots as fetchers, and gives each job to the best member with a free slot.
-func (b *broker) fetch(q string) {
-	defer b.wg.Done()
+// topUp asks the pool's puller for the jobs its free slots are missing.
+func (b *broker) topUp(p *pool) {
 	a := b.a
-	backoff := 50 * time.Millisecond
-	for {
-		b.mu.Lock()
-		p := b.poolOf(q)
-		if b.stopped || a.ctx.Err() != nil || p.fetchers > p.free {
-			p.fetchers--
-			b.mu.Unlock()
-			return
+	b.mu.Lock()
+	if b.stopped || a.draining.Load() || a.ctx.Err() != nil {
+		b.mu.Unlock()
+		return
+	}
+	if p.puller == nil {
+		if !p.making {
+			p.making = true
+			b.wg.Add(1)
+			go b.makePuller(p)
 		}
 		b.mu.Unlock()
-		c, err := b.consumer(a.ctx, q)
-		var jobs []*jetstream.Job
-		if err == nil {
-			jobs, err = c.Fetch(a.ctx, 1, a.cfg.pollWait)
+		return
+	}
+	want := p.free - p.outstanding
+	if want <= 0 {
+		b.mu.Unlock()
+		return
+	}
+	p.outstanding += want
+	p.lastPull = time.Now()
+	pl := p.puller
+	b.mu.Unlock()
+	if err := pl.Pull(want, a.cfg.pollWait); err != nil {
+		a.fail("fetch")
+		b.mu.Lock()
+		p.outstanding -= want
+		b.mu.Unlock()
+	}
+}
+
+// makePuller binds the pool's puller (the consumer may have to be created first).
+func (b *broker) makePuller(p *pool) {
+	defer b.wg.Done()
+	a := b.a
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	var pl *jetstream.SlotPuller
+	_, err := b.consumer(ctx, p.queue)
+	if err == nil {
+		pl, err = a.js.NewSlotPuller(StreamJobs, consumerName(p.queue),
+			func(j *jetstream.Job) { b.pulled(p, j) },
+			func(n int) { b.unfilled(p, n) })
+	}
+	b.mu.Lock()
+	p.making = false
+	if err == nil && (b.stopped || a.ctx.Err() != nil) {
+		_ = pl.Close()
+		b.mu.Unlock()
+		return
+	}
+	p.puller = pl
+	b.mu.Unlock()
+	if err != nil {
+		a.fail("fetch")
+		a.log.Debug("puller", "queue", p.queue, "err", err) // topUpAll tries again
+		return
+	}
+	b.topUp(p)
+}
+
+// pulled hands a job that arrived for the pool to its best member.
+func (b *broker) pulled(p *pool, j *jetstream.Job) {
+	b.mu.Lock()
+	p.outstanding = max(p.outstanding-1, 0)
+	p.lastEvent = time.Now()
+	b.mu.Unlock()
+	if !b.dispatch(func() *worker { return b.best(p) }, j, p.queue) {
+		b.topUp(p) // dead-lettered: the slot is still free
+	}
+}
+
+// unfilled learns that n jobs asked for will not come, and asks again for what is missing.
+func (b *broker) unfilled(p *pool, n int) {
+	b.mu.Lock()
+	p.outstanding = max(p.outstanding-n, 0)
+	p.lastEvent = time.Now()
+	b.mu.Unlock()
+	b.topUp(p)
+}
+
+// topUpAll retries pools whose puller or pull failed. Every pull request ends within the poll
+// wait; when nothing was heard of a pool's requests for twice that long (the replies were lost,
+// e.g. in a reconnection), none of them is still open.
+func (b *broker) topUpAll() {
+	quiet := 2 * b.a.cfg.pollWait
+	b.mu.Lock()
+	ps := make([]*pool, 0, len(b.pools))
+	for _, p := range b.pools {
+		if p.outstanding > 0 && time.Since(p.lastPull) > quiet && time.Since(p.lastEvent) > quiet {
+			p.outstanding = 0
 		}
-		job, _, err := b.first(jobs, err, q)
-		if err != nil {
-			a.fail("fetch")
-			a.log.Debug("pull", "queue", q, "err", err)
-			select {
-			case <-a.ctx.Done():
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 2*time.Second)
-			continue
+		ps = append(ps, p)
+	}
+	b.mu.Unlock()
+	for _, p := range ps {
+		b.topUp(p)
+	}
+}
+
+// closePullers stops every pool's puller.
+func (b *broker) closePullers() {
+	b.mu.Lock()
+	var ps []*jetstream.SlotPuller
+	for _, p := range b.pools {
+		if p.puller != nil {
+			ps = append(ps, p.puller)
+			p.puller = nil
 		}
-		backoff = 50 * time.Millisecond
-		if job != nil {
-			b.dispatch(func() *worker { return b.best(p) }, job, q)
-		}
+	}
+	b.mu.Unlock()
+	for _, pl := range ps {
+		_ = pl.Close()
 	}
 }
 

@@ -6,9 +6,11 @@
 // Jobs. A REQUEST is stored on the work-queue stream EVENTMQ_JOBS, subject
 // eventmq.jobs.<queue>.<msgid>, de-duplicated on its msgid, before the submission REPLY is sent. A
 // queue no worker declared (KV EVENTMQ_QUEUES, shared by all pods) is rerouted to "default"; the
-// frames reach the worker unchanged. Each READY is one free slot; a free slot pulls exactly one
-// job from JetStream (durable consumer per queue, the worker's queues by weight, highest first),
-// so no job waits in a pod for a slot. A job is acknowledged when its worker is done with it: its
+// frames reach the worker unchanged. Each READY is one free slot, and a pod asks JetStream
+// (durable consumer per queue) for exactly as many jobs as its workers have free slots, so no
+// job waits in a pod for a slot: the slots of workers serving one queue share one demand-driven
+// puller (jetstream.SlotPuller); a worker of several queues pulls for each free slot from its
+// queues by weight, highest first. A job is acknowledged when its worker is done with it: its
 // result REPLY (reply-requested), else its next READY, which completes the worker's oldest job
 // without reply-requested (--eventmq-exact-completion makes every completion name its job). While
 // the worker lives the job's lease is renewed; when the worker dies (KBYE, heartbeat timeout,

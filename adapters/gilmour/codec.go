@@ -151,6 +151,9 @@ func objectFields(body []byte, what string) (map[string]json.RawMessage, error) 
 	if body[0] != '{' {
 		return nil, bad("%s: body must be a JSON object", what)
 	}
+	if m, ok := objectFieldsFast(body); ok {
+		return m, nil
+	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(body, &m); err != nil {
 		return nil, bad("%s: malformed JSON: %v", what, err)
@@ -164,6 +167,9 @@ func getString(m map[string]json.RawMessage, key, what string) (string, error) {
 	raw, ok := m[key]
 	if !ok || !present(raw) {
 		return "", nil
+	}
+	if s, ok := plainString(raw); ok {
+		return s, nil
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
@@ -180,7 +186,9 @@ func getInt(m map[string]json.RawMessage, key, what string) (int, error) {
 	}
 	var n json.Number
 	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
+	if raw[0] >= '0' && raw[0] <= '9' && json.Valid(raw) { // a plain number
+		n = json.Number(raw)
+	} else if err := json.Unmarshal(raw, &s); err == nil {
 		n = json.Number(strings.TrimSpace(s))
 	} else if err := json.Unmarshal(raw, &n); err != nil {
 		return 0, bad("%s: %s must be an integer", what, key)

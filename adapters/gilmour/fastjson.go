@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 )
 
 // appendString appends s as json.Marshal writes a string.
@@ -164,4 +165,117 @@ func encodePublishResponse(r PublishResponse) ([]byte, bool) {
 	b = append(b, `,"length":`...)
 	b = strconv.AppendInt(b, int64(r.Length), 10)
 	return append(b, "}\n"...), true
+}
+
+// objectFieldsFast splits a JSON object (body starts with '{', no surrounding space) into its
+// raw members like json.Unmarshal into map[string]json.RawMessage does (the last duplicate
+// wins); ok=false for invalid JSON and for keys with escapes or invalid UTF-8. Values share
+// body's memory.
+func objectFieldsFast(body []byte) (map[string]json.RawMessage, bool) {
+	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
+		return nil, false
+	}
+	m := make(map[string]json.RawMessage, 8)
+	i := skipSpace(body, 1)
+	if body[i] == '}' {
+		return m, true
+	}
+	for {
+		if body[i] != '"' {
+			return nil, false
+		}
+		j := i + 1
+		for j < len(body) && body[j] != '"' {
+			if body[j] == '\\' {
+				return nil, false
+			}
+			j++
+		}
+		key := body[i+1 : j]
+		if !utf8.Valid(key) {
+			return nil, false
+		}
+		i = skipSpace(body, j+1)
+		if body[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(body, i+1)
+		end := skipValue(body, i)
+		m[string(key)] = body[i:end:end]
+		i = skipSpace(body, end)
+		if body[i] == ',' {
+			i = skipSpace(body, i+1)
+			continue
+		}
+		return m, body[i] == '}'
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the JSON value at b[i]; b is valid JSON.
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return i
+	default: // number, true, false, null
+		for i < len(b) && b[i] != ',' && b[i] != '}' && b[i] != ']' && !isSpace(b[i]) {
+			i++
+		}
+		return i
+	}
+}
+
+// skipString returns the index after the string that starts at b[i].
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// plainString is json.Unmarshal of raw into a string for a string without escapes; ok=false
+// otherwise.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	s := raw[1 : len(raw)-1]
+	for _, c := range s {
+		if c == '\\' || c == '"' || c < 0x20 {
+			return "", false
+		}
+	}
+	if !utf8.Valid(s) {
+		return "", false
+	}
+	return string(s), true
 }

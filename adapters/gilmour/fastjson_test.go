@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -105,4 +107,85 @@ func FuzzFastEnvelopeShape(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data, code, sender string) {
 		checkFastJSON(t, []byte(`{"data":`+data+`,"code":`+code+`,"sender":"`+sender+`"}`))
 	})
+}
+
+var objectSeeds = []string{
+	`{"topic":"bench","message":{"n":1},"timeout":5}`,
+	`{ "topic" : "a b" , "message" : [1, {"x": "}"}] , "timeout" : "7" }`,
+	`{}`, `{ }`, `{"a":1,"a":2}`, `{"a":"x\"y","b":"\\"}`, `{"t\u006fpic":"x"}`, `{"` + "\xff" + `":1}`,
+	`{"a":"` + "\xff" + `"}`, `{"a":"é","é":1}`, `{"a":1}x`, `{"a":}`, `{"a":1,}`, `{"a":true,"b":false,"c":null}`,
+	`{"a":-1.5e3,"b":0,"c":[]}`, `{"a":{"b":{"c":[[{}]]}}}`, `{"a":"\u0000"}`, `{"timeout":05}`, `{"timeout":1.0}`,
+	`{"a":"` + "\x01" + `"}`, `[1]`, `{"a" 1}`, `{"a":1 "b":2}`,
+}
+
+// TestObjectFieldsMatchesEncodingJSON: the member splitter and the plain string/number
+// readers agree with encoding/json.
+func TestObjectFieldsMatchesEncodingJSON(t *testing.T) {
+	for _, s := range objectSeeds {
+		checkObjectFields(t, []byte(s))
+	}
+}
+
+func FuzzObjectFields(f *testing.F) {
+	for _, s := range objectSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkObjectFields)
+}
+
+func checkObjectFields(t *testing.T, b []byte) {
+	t.Helper()
+	var want map[string]json.RawMessage
+	werr := json.Unmarshal(b, &want)
+	got, ok := objectFieldsFast(b)
+	if ok && werr != nil {
+		t.Fatalf("objectFieldsFast(%q) accepted what encoding/json refuses: %v", b, werr)
+	}
+	if ok && !reflect.DeepEqual(got, want) {
+		t.Fatalf("objectFieldsFast(%q) = %q, encoding/json gives %q", b, got, want)
+	}
+	if !ok && werr == nil && len(b) > 0 && b[0] == '{' && !bytes.Contains(b, []byte(`\`)) && !bytes.ContainsAny(b, " \t\r\n") {
+		// plain objects without escapes in keys must take the fast path
+		valid := true
+		for k := range want {
+			valid = valid && !bytes.ContainsRune([]byte(k), 0xfffd)
+		}
+		if valid {
+			t.Fatalf("objectFieldsFast(%q) declined a plain object", b)
+		}
+	}
+	for k, raw := range want {
+		var ws string
+		werr := json.Unmarshal(raw, &ws)
+		gs, ok := plainString(raw)
+		if ok && (werr != nil || gs != ws) {
+			t.Fatalf("plainString(%q) = %q, encoding/json gives %q %v", raw, gs, ws, werr)
+		}
+		m := map[string]json.RawMessage{"k": raw}
+		gi, gerr := getInt(m, "k", "x")
+		wi, werr2 := getIntSlow(m, "k", "x")
+		if gi != wi || (gerr == nil) != (werr2 == nil) || (gerr != nil && gerr.Error() != werr2.Error()) {
+			t.Fatalf("getInt(%s: %q) = %d %v, encoding/json gives %d %v", k, raw, gi, gerr, wi, werr2)
+		}
+	}
+}
+
+// getIntSlow is getInt with encoding/json only (as before the fast path).
+func getIntSlow(m map[string]json.RawMessage, key, what string) (int, error) {
+	raw, ok := m[key]
+	if !ok || !present(raw) {
+		return 0, nil
+	}
+	var n json.Number
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		n = json.Number(strings.TrimSpace(s))
+	} else if err := json.Unmarshal(raw, &n); err != nil {
+		return 0, bad("%s: %s must be an integer", what, key)
+	}
+	v, err := strconv.ParseInt(string(n), 10, 32)
+	if err != nil || v < 0 {
+		return 0, bad("%s: %s must be a non-negative integer", what, key)
+	}
+	return int(v), nil
 }

@@ -216,7 +216,7 @@ func (a *Adapter) startNATS(ctx context.Context) error {
 		if strings.HasSuffix(m.Subject, "."+evResultReady) {
 			a.b.releaseFromEvent(m.Data)
 		}
-		if a.pub == nil {
+		if a.pub == nil || a.pub.Subscribers() == 0 {
 			return
 		}
 		a.forward(m.Data)

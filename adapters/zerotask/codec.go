@@ -378,7 +378,7 @@ type args map[string]json.RawMessage
 
 // bindParams binds params to names; min is the number of required leading names.
 func bindParams(params json.RawMessage, names []string, minArgs int, extra bool) (args, int, *RPCError) {
-	a := args{}
+	a := make(args, len(names))
 	switch firstByte(params) {
 	case '[':
 		list, ok := splitArray(params)

@@ -487,7 +487,7 @@ func encodeTask(t *Task) ([]byte, error) {
 			return json.Marshal(t)
 		}
 	}
-	return appendTask(make([]byte, 0, 256+len(t.Params)+len(t.Result)+len(t.Error)), t), nil
+	return appendTask(make([]byte, 0, 400+len(t.Params)+len(t.Result)+len(t.Error)), t), nil
 }
 
 // encodeQueueMsg is the work-queue message of a task, as json.Marshal(queueMsg) gives it.

@@ -3,6 +3,9 @@ package jetstream_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,5 +87,105 @@ func TestPublishAsyncAndCreateAsync(t *testing.T) {
 	if _, err := f.Wait(done); err == nil {
 		// the ack may have been there already: then it was a success, which is fine
 		t.Log("ack arrived before the cancelled wait")
+	}
+}
+
+func TestTaker(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.Provision(ctx, jetstream.Assets{Streams: []jetstream.StreamSpec{{Name: "TK", Subjects: []string{js.Subject("tk", ">")}, Retention: jetstream.WorkQueue}},
+		Consumers: []jetstream.ConsumerSpec{{Stream: "TK", Durable: "W", AckWait: 30 * time.Second}}}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, "TK", "W")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := cons.Taker()
+	defer tk.Close()
+	// empty: nil at once, and after waiting
+	if j, err := tk.Next(ctx, 0); j != nil || err != nil {
+		t.Fatalf("empty no-wait: %v %v", j, err)
+	}
+	start := time.Now()
+	if j, err := tk.Next(ctx, 50*time.Millisecond); j != nil || err != nil || time.Since(start) < 40*time.Millisecond {
+		t.Fatalf("empty wait: %v %v after %v", j, err, time.Since(start))
+	}
+	// a message published while a taker waits arrives
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		_, _ = js.Publish(ctx, js.Subject("tk", "a"), []byte("m1"), jetstream.PubOpts{})
+	}()
+	j, err := tk.Next(ctx, 5*time.Second)
+	if err != nil || j == nil || string(j.Data) != "m1" || j.Subject != js.Subject("tk", "a") || j.Deliveries != 1 || j.Sequence != 1 || j.Time.IsZero() {
+		t.Fatalf("take: %+v %v", j, err)
+	}
+	// given back: comes again, with the delivery counted; acked: gone
+	if err := j.Retry(0); err != nil {
+		t.Fatal(err)
+	}
+	jstest.Eventually(t, 5*time.Second, func() error {
+		j, err = tk.Next(ctx, 100*time.Millisecond)
+		if err != nil || j == nil || j.Deliveries != 2 {
+			return fmt.Errorf("redelivery: %+v %v", j, err)
+		}
+		return nil
+	})
+	if err := j.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := tk.Next(ctx, 0); j != nil || err != nil {
+		t.Fatalf("after ack: %v %v", j, err)
+	}
+	// many takers at once: each message exactly once
+	const n = 200
+	for i := 0; i < n; i++ {
+		if _, err := js.Publish(ctx, js.Subject("tk", "b"), []byte(strconv.Itoa(i)), jetstream.PubOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				j, err := tk.Next(ctx, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if j == nil {
+					return
+				}
+				mu.Lock()
+				seen[string(j.Data)]++
+				mu.Unlock()
+				_ = j.AckAsync()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("took %d distinct of %d", len(seen), n)
+	}
+	for k, c := range seen {
+		if c != 1 {
+			t.Fatalf("message %s taken %d times", k, c)
+		}
+	}
+	// a consumer that is gone is an error
+	if err := js.DeleteConsumer(ctx, "TK", "W"); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := tk.Next(ctx, 0); err == nil {
+		t.Fatalf("deleted consumer: %v, no error", j)
+	}
+	tk.Close()
+	if _, err := tk.Next(ctx, 0); err == nil {
+		t.Fatal("closed taker: no error")
 	}
 }

@@ -475,6 +475,9 @@ func (a *Adapter) Stop() error {
 		_ = a.advSub.Unsubscribe()
 	}
 	a.wg.Wait()
+	if a.q != nil {
+		a.q.close()
+	}
 	return nil
 }
 

@@ -125,7 +125,9 @@ type Queue struct {
 	metrics  *trackerMetrics
 
 	consMu sync.Mutex
-	cons   map[string]*jetstream.Consumer
+	cons   map[string]*jetstream.Taker // per ready subject
+	// stashCons holds the consumer per stash subject
+	stashCons map[string]*jetstream.Consumer
 
 	cfgMu    sync.Mutex
 	cfgCache map[string]cachedCfg
@@ -151,7 +153,7 @@ type cachedCfg struct {
 
 func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
-		cons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
+		cons: map[string]*jetstream.Taker{}, stashCons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
 		order: map[string]*orderCache{}}
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
@@ -587,13 +589,14 @@ func (q *Queue) revoke(r *Record, rv *revocation) {
 	}
 }
 
-// consumer returns (creating on first use) the durable consumer of one ready subject.
-func (q *Queue) consumer(ctx context.Context, subject string) (*jetstream.Consumer, error) {
+// consumer returns (creating on first use) the taker on the durable consumer of one ready
+// subject.
+func (q *Queue) consumer(ctx context.Context, subject string) (*jetstream.Taker, error) {
 	q.consMu.Lock()
-	c, ok := q.cons[subject]
+	t, ok := q.cons[subject]
 	q.consMu.Unlock()
 	if ok {
-		return c, nil
+		return t, nil
 	}
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(q.js.Names().Unprefix(subject)))
@@ -604,16 +607,37 @@ func (q *Queue) consumer(ctx context.Context, subject string) (*jetstream.Consum
 	if err != nil {
 		return nil, err
 	}
+	t = c.Taker()
 	q.consMu.Lock()
-	q.cons[subject] = c
+	if old, ok := q.cons[subject]; ok {
+		t.Close()
+		t = old // another claim bound it meanwhile
+	} else {
+		q.cons[subject] = t
+	}
 	q.consMu.Unlock()
-	return c, nil
+	return t, nil
 }
 
 func (q *Queue) dropConsumer(subject string) {
 	q.consMu.Lock()
+	t := q.cons[subject]
 	delete(q.cons, subject)
 	q.consMu.Unlock()
+	if t != nil {
+		t.Close()
+	}
+}
+
+// close releases the takers' subscriptions.
+func (q *Queue) close() {
+	q.consMu.Lock()
+	all := q.cons
+	q.cons = map[string]*jetstream.Taker{}
+	q.consMu.Unlock()
+	for _, t := range all {
+		t.Close()
+	}
 }
 
 type candidate struct {
@@ -673,31 +697,30 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 			}
 			for budget > 0 {
 				budget--
-				var jobs []*jetstream.Job
+				var wait time.Duration
 				if fresh {
 					// the counts were just read and say there is something: a no-wait pull
 					// can miss a message stored a moment ago, so wait a little for it
-					jobs, err = cons.Fetch(ctx, 1, 10*time.Millisecond)
-				} else {
-					jobs, err = cons.FetchNoWait(1)
+					wait = 10 * time.Millisecond
 				}
+				job, err := cons.Next(ctx, wait)
 				if err != nil {
 					// the consumer may have been removed (idle for a day): bind it again, once
 					q.dropConsumer(c.subject)
 					if cons, err = q.consumer(ctx, c.subject); err == nil {
-						jobs, err = cons.FetchNoWait(1)
+						job, err = cons.Next(ctx, 0)
 					}
 					if err != nil {
 						q.dropConsumer(c.subject)
 						return nil, fmt.Errorf("claim %s: %w", ptype, err)
 					}
 				}
-				if len(jobs) == 0 {
+				if job == nil {
 					q.emptied(ptype, c.subject)
 					break
 				}
 				progressed = true
-				rec, err := q.take(ctx, jobs[0], pipeline, version)
+				rec, err := q.take(ctx, job, pipeline, version)
 				if err != nil || rec != nil {
 					return rec, err
 				}

@@ -27,7 +27,7 @@ type StashState struct {
 func (q *Queue) stashConsumer(ctx context.Context, stash string) (*jetstream.Consumer, error) {
 	subj := q.stashSubject(stash)
 	q.consMu.Lock()
-	c, ok := q.cons[subj]
+	c, ok := q.stashCons[subj]
 	q.consMu.Unlock()
 	if ok {
 		return c, nil
@@ -40,7 +40,7 @@ func (q *Queue) stashConsumer(ctx context.Context, stash string) (*jetstream.Con
 		return nil, err
 	}
 	q.consMu.Lock()
-	q.cons[subj] = c
+	q.stashCons[subj] = c
 	q.consMu.Unlock()
 	return c, nil
 }
@@ -102,7 +102,9 @@ func (q *Queue) dripOnce(ctx context.Context, stash string) error {
 		}
 		jobs, err = cons.FetchNoWait(min(free, 256))
 		if err != nil {
-			q.dropConsumer(q.stashSubject(stash))
+			q.consMu.Lock()
+			delete(q.stashCons, q.stashSubject(stash))
+			q.consMu.Unlock()
 			return err
 		}
 	}

@@ -16,8 +16,9 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream"
 )
 
-// gilmourNode is an HTTP Gilmour node served in this process: /health, a service at /svc that
-// answers its input, a slot at /slot that counts deliveries.
+// gilmourNode is an HTTP Gilmour node served in this process (net/http, keep-alive): /health, a
+// service at /svc that answers the call it got (like the raw responder, which answers the
+// envelope it got, without decoding it), a slot at /slot that counts deliveries.
 type gilmourNode struct {
 	srv   *http.Server
 	port  int
@@ -33,11 +34,9 @@ func startGilmourNode() (*gilmourNode, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "OK") })
 	mux.HandleFunc("POST /svc", func(w http.ResponseWriter, r *http.Request) {
-		var call struct {
-			Data json.RawMessage `json:"data"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&call)
-		_, _ = w.Write(call.Data)
+		call, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(call)
 	})
 	mux.HandleFunc("POST /slot", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)

@@ -1,9 +1,12 @@
 package eventmq
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
 func TestGoPeerSubmitDispatchResult(t *testing.T) {
@@ -322,5 +325,42 @@ func TestDisconnectRequeues(t *testing.T) {
 		if q.Name == "default" && q.Redelivered < 1 {
 			t.Fatalf("redelivered %d", q.Redelivered)
 		}
+	}
+}
+
+// After a NATS restart (pull requests and their replies lost on the way), waiting slots pull
+// again: a job submitted after the restart reaches the worker; one submitted before is kept.
+func TestNATSRestart(t *testing.T) {
+	dir := t.TempDir()
+	srv := jstest.ServerIn(t, dir)
+	addr := srv.ClientAddr()
+	js := jstest.Connect(t, srv)
+	p := startPod(t, js, "--eventmq-heartbeat-timeout=30s")
+	w := goWorker(t, p.Addrs[ListenBackend], "")
+	w.send(CmdReady)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	first := c.send(CmdRequest, "default", "reply-requested", jobPayload("before"))
+	if m := w.recv(5*time.Second, CmdHeartbeat, CmdReply); m.MsgID != first {
+		t.Fatalf("got %s", m.MsgID)
+	}
+	srv.Shutdown()
+	eventually(t, 10*time.Second, func() error {
+		if js.State().Connected {
+			return errorf("still connected")
+		}
+		return nil
+	})
+	jstest.ServerAt(t, dir, addr)
+	eventually(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return js.Ping(ctx)
+	})
+	w.send(CmdReply, `{"value": 1}`, first)
+	w.send(CmdReady)
+	waitDoneGo(t, p.AdminURL, first)
+	second := c.send(CmdRequest, "default", "reply-requested", jobPayload("after"))
+	if m := w.recv(15*time.Second, CmdHeartbeat, CmdReply); m.MsgID != second {
+		t.Fatalf("got %s", m.MsgID)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -54,6 +55,9 @@ type Adapter struct {
 	stopWatch func()
 	draining  bool // under drainMu
 	stopOnce  sync.Once
+
+	epoch   atomic.Pointer[reqEpoch]
+	epochMu sync.Mutex
 }
 
 // New returns the ZeroTask adapter; its configuration comes from the flags it registers.
@@ -310,11 +314,36 @@ func (a *Adapter) recvLoop() {
 	}
 }
 
+// reqEpoch is a request context shared by the ZeroMQ requests that start within a quarter of the
+// request timeout: each gets between one and 1.25 timeouts, and a request costs no timer.
+type reqEpoch struct {
+	ctx    context.Context
+	cancel context.CancelFunc // not needed: the context ends at its deadline or with the adapter's
+	until  time.Time          // requests starting before this take ctx
+}
+
+func (a *Adapter) requestContext() context.Context {
+	now := time.Now()
+	if e := a.epoch.Load(); e != nil && now.Before(e.until) {
+		return e.ctx
+	}
+	a.epochMu.Lock()
+	defer a.epochMu.Unlock()
+	e := a.epoch.Load()
+	if e != nil && now.Before(e.until) {
+		return e.ctx
+	}
+	quarter := a.reqTimeout / 4
+	ne := &reqEpoch{until: now.Add(quarter)}
+	ne.ctx, ne.cancel = context.WithDeadline(a.ctx, now.Add(a.reqTimeout+quarter))
+	a.epoch.Store(ne)
+	return ne.ctx
+}
+
 var errFrames = rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: one JSON-RPC object per frame.")
 
 func (a *Adapter) serveZMQ(m zmtp.Message) {
-	ctx, cancel := context.WithTimeout(a.ctx, a.reqTimeout)
-	defer cancel()
+	ctx := a.requestContext()
 	var out []byte
 	if body := m.Body(); len(body) != 1 {
 		a.b.m.request("invalid", CodeInvalidRequest)

@@ -355,8 +355,8 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 		return nil, rpcErr(CodeInvalidParams)
 	}
 	// The record, then the queue message: both are stored before the reply. A retried submission
-	// finds the record and queues its message again (de-duplicated by the stream), in case the
-	// first attempt stopped in between.
+	// finds the record and queues the message again if there is none, in case the first attempt
+	// stopped in between.
 	k := key(t.ID)
 	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
 	if errors.Is(err, jetstream.ErrConflict) {
@@ -369,7 +369,7 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 		}
 		return nil, internal(err)
 	}
-	if _, err := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), nil, t.ID); err != nil {
+	if _, err := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), nil, ""); err != nil {
 		if derr := b.tasks.Delete(ctx, k, rev); derr != nil {
 			b.log.Error("zerotask: task stored but not queued, and not removed", "task", t.ID, "err", derr)
 		}
@@ -381,14 +381,18 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	return t.ID, nil
 }
 
-// requeueExisting queues the message of an existing unfinished task again (the stream drops it
-// as a duplicate when the first one is there or was acked within the de-duplication window).
+// requeueExisting queues the message of an existing unfinished task again when its subject holds
+// none (an unfinished task's message stays until the task is done).
 func (b *Broker) requeueExisting(ctx context.Context, id string) {
 	t, _, err := b.getTask(ctx, id, true)
 	if err != nil || terminal(t.Status) {
 		return
 	}
-	if _, err := b.js.PublishLean(ctx, b.queueSubject(t.Method, t.ID), encodeQueueMsg(t), nil, t.ID); err != nil {
+	_, err = b.js.Publish(ctx, b.queueSubject(t.Method, t.ID), encodeQueueMsg(t), jetstream.PubOpts{ExpectSubjectEmpty: true})
+	if err == nil {
+		b.log.Warn("zerotask: an unfinished task had no queue message; queued again", "task", id)
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrConflict) {
 		b.log.Warn("zerotask: queue an existing task again", "task", id, "err", err)
 	}
 }

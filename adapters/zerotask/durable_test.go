@@ -369,3 +369,46 @@ func TestQueueDrainsOnResult(t *testing.T) {
 		return nil
 	})
 }
+
+// A submission that stopped after storing its record (no queue message) is repaired by the
+// client's retry: the retry is answered -32020 (the id exists), the task is queued once, and a
+// node gets it; a retry of a queued task adds nothing.
+func TestRetriedSubmissionQueuesOrphanedRecord(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	p := startPod(t, js)
+	cid := str(t, httpCall(t, p, "client_connect", []any{"retrier"}))
+	kv, err := js.KV(ctxT(t, 5*time.Second), bucketTasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	orphan := Task{ID: cid + "-t1", ClientID: cid, TaskID: "t1", Method: "add", Params: json.RawMessage(`[1,2]`),
+		Status: StatusQueued, Created: now, Updated: now}
+	rec, _ := encodeTask(&orphan)
+	if _, err := kv.Create(ctxT(t, 5*time.Second), key(orphan.ID), rec, 0); err != nil {
+		t.Fatal(err)
+	}
+	queued := func() uint64 {
+		info, err := js.StreamInfo(ctxT(t, 5*time.Second), streamQueue)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Messages
+	}
+	for range 2 {
+		if rep := post(t, p, rpcFrame("client_new_task", []any{cid, "add", []int{1, 2}, "t1"}, "n")); errCode(t, rep) != CodeInvalidTask {
+			t.Fatalf("retry: %s", rep)
+		}
+		if n := queued(); n != 1 {
+			t.Fatalf("queue holds %d messages, want 1", n)
+		}
+	}
+	nid := str(t, httpCall(t, p, "node_connect", []any{}))
+	if obj := httpCall(t, p, "node_task_request", []any{nid, orphan.ID}); string(obj) == "null" {
+		t.Fatal("not assigned")
+	}
+	httpCall(t, p, "node_task_finished", []any{nid, orphan.ID, 3})
+	if r := httpCall(t, p, "client_task_result", []any{cid, orphan.ID}); string(r) != "3" {
+		t.Fatal(string(r))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -187,13 +188,34 @@ func BenchmarkTracker(b *testing.B) {
 	trackerRun(b, a, pod, secrets, 200, benchConcurrency)
 	rawBaseline(b, js, 200, benchConcurrency)
 	b.ResetTimer()
-	var rates, raws []float64
+	var rates, raws, cpus, rawCPUs []float64
 	var lats []time.Duration
+	// TRACKER_BENCH_CPUPROFILE=file profiles the tracker runs only (not the raw baseline)
+	var prof *os.File
+	if f := os.Getenv("TRACKER_BENCH_CPUPROFILE"); f != "" {
+		var err error
+		if prof, err = os.Create(f); err != nil {
+			b.Fatal(err)
+		}
+		defer prof.Close()
+	}
 	for rep := 0; rep < 3; rep++ {
+		if prof != nil {
+			_ = pprof.StartCPUProfile(prof)
+		}
+		c0 := cpuTime()
 		r, l := trackerRun(b, a, pod, secrets, n, benchConcurrency)
+		c1 := cpuTime()
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof = nil // one run is enough
+		}
 		rates = append(rates, r)
 		lats = append(lats, l...)
 		raws = append(raws, rawBaseline(b, js, n, benchConcurrency))
+		c2 := cpuTime()
+		cpus = append(cpus, float64((c1-c0).Microseconds())/float64(n))
+		rawCPUs = append(rawCPUs, float64((c2-c1).Microseconds())/float64(n))
 	}
 	b.StopTimer()
 	med := func(v []float64) float64 { sort.Float64s(v); return v[len(v)/2] }
@@ -203,6 +225,17 @@ func BenchmarkTracker(b *testing.B) {
 	b.ReportMetric(tr/raw, "ratio")
 	b.ReportMetric(float64(percentile(lats, 0.5).Microseconds()), "claim_p50_µs")
 	b.ReportMetric(float64(percentile(lats, 0.99).Microseconds()), "claim_p99_µs")
+	// CPU time of the whole process (server, pod and clients) per item: less sensitive than
+	// items/s to other work on the machine
+	b.ReportMetric(med(cpus), "tracker_cpu_µs/item")
+	b.ReportMetric(med(rawCPUs), "raw_cpu_µs/item")
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkIdleConnections measures the pod's memory per idle WebSocket connection with 5,000

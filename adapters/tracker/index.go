@@ -24,6 +24,7 @@ type claimInfo struct {
 	claimed  float64
 	rev      uint64
 	val      []byte
+	rec      *Record // val decoded, when this pod wrote it (read-only: clone to change)
 }
 
 // indexView is the part of a record the claim index needs.
@@ -91,12 +92,21 @@ const todoCacheSize = 16384
 type cachedVal struct {
 	rev uint64
 	val []byte
+	rec *Record // val decoded, when known (read-only: clone to change)
 }
 
-func (x *claimIndex) cacheTodoLocked(id string, rev uint64, val []byte) {
+// record returns the cached value decoded.
+func (c cachedVal) record() (*Record, error) {
+	if c.rec != nil {
+		return c.rec, nil
+	}
+	return decodeRecord(c.val)
+}
+
+func (x *claimIndex) cacheTodoLocked(id string, rev uint64, val []byte, rec *Record) {
 	if c, ok := x.todo[id]; ok {
 		if c.rev < rev {
-			x.todo[id] = cachedVal{rev, val}
+			x.todo[id] = cachedVal{rev, val, rec}
 		}
 		return
 	}
@@ -105,7 +115,7 @@ func (x *claimIndex) cacheTodoLocked(id string, rev uint64, val []byte) {
 	}
 	x.todoRing[x.todoNext] = id
 	x.todoNext = (x.todoNext + 1) % len(x.todoRing)
-	x.todo[id] = cachedVal{rev, val}
+	x.todo[id] = cachedVal{rev, val, rec}
 }
 
 // todoValue returns the cached value of a queued item.
@@ -116,21 +126,46 @@ func (x *claimIndex) todoValue(id string) (cachedVal, bool) {
 	return c, ok
 }
 
+// known reports whether the index already holds revision rev of an item (this pod wrote it), so
+// that the watch need not look at the value again.
+func (x *claimIndex) known(id string, rev uint64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seen = max(x.seen, rev)
+	if last, ok := x.revs[id]; ok && last >= rev {
+		return true
+	}
+	c, ok := x.todo[id]
+	return ok && c.rev >= rev
+}
+
 // apply records a new revision of an item (r nil = deleted). Watch updates come in revision
-// order; a local update (fromWatch false) is ignored when the watch has already gone past it.
+// order; a local update (fromWatch false) is ignored when the watch has already gone past it. A
+// local update's r is the full record (kept, read-only); a watch update's is only what
+// peekRecord extracted.
 func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWatch bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	full := r
 	if fromWatch {
 		x.seen = max(x.seen, rev)
+		full = nil
 	} else if rev <= x.seen {
+		// the watch got there first: keep the decoded record if the index holds this revision
+		if c, ok := x.m[id]; ok && c.rev == rev && c.val != nil && c.rec == nil {
+			c.rec = r
+		}
+		if c, ok := x.todo[id]; ok && c.rev == rev && c.rec == nil {
+			c.rec = r
+			x.todo[id] = c
+		}
 		return
 	}
 	if last, ok := x.revs[id]; ok && last >= rev {
 		return
 	}
 	if r != nil && r.Status == StatusTodo {
-		x.cacheTodoLocked(id, rev, val)
+		x.cacheTodoLocked(id, rev, val, full)
 	} else if c, ok := x.todo[id]; ok && c.rev < rev {
 		delete(x.todo, id) // the ring slot is reused later
 	}
@@ -142,7 +177,7 @@ func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWat
 	x.revs[id] = rev
 	x.removeLocked(id)
 	c := &claimInfo{id: id, pipeline: r.Claim.Pipeline, ptype: r.PipelineType, attempt: r.Claim.Attempt,
-		lease: r.Claim.LeaseUntil, rev: rev, val: val}
+		lease: r.Claim.LeaseUntil, rev: rev, val: val, rec: full}
 	if r.ClaimedAt != nil {
 		c.claimed = *r.ClaimedAt
 	}
@@ -175,7 +210,7 @@ func (x *claimIndex) forget(id string, rev uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if c, ok := x.m[id]; ok && c.rev == rev {
-		c.val = nil // keep the claim indexed; only the cached value is stale
+		c.val, c.rec = nil, nil // keep the claim indexed; only the cached value is stale
 	}
 }
 
@@ -242,6 +277,9 @@ func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(
 			if e.Deleted {
 				x.apply(e.Key, e.Revision, nil, nil, true)
 				continue
+			}
+			if x.known(e.Key, e.Revision) {
+				continue // this pod's own write, indexed when it was acknowledged
 			}
 			x.apply(e.Key, e.Revision, e.Value, peekRecord(e.Value), true)
 		}

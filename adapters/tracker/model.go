@@ -74,8 +74,37 @@ type Record struct {
 // level is the queue level: ascending priority + attempts (lower is claimed first).
 func (r *Record) level() int { return r.Priority + len(r.Attempts) }
 
+// entry is the claim payload's item: the Entry fields plus _current_attempt (a struct, not a
+// map: it is encoded on every claim).
+type entry struct {
+	ID             string          `json:"id"`
+	Item           string          `json:"item"`
+	QueuedBy       string          `json:"queued_by"`
+	PipelineType   string          `json:"pipeline_type"`
+	Status         string          `json:"status"`
+	Attempts       []Attempt       `json:"attempts"`
+	QueuedAt       float64         `json:"queued_at"`
+	ClaimedAt      *float64        `json:"claimed_at"`
+	FinishedAt     *float64        `json:"finished_at"`
+	Expires        *float64        `json:"expires"`
+	Explanation    *string         `json:"explanation"`
+	ParentItem     *string         `json:"parent_item"`
+	Priority       int             `json:"priority"`
+	RunOn          string          `json:"run_on"`
+	Stash          *string         `json:"stash"`
+	AdminLog       []AdminLog      `json:"admin_log"`
+	Metadata       json.RawMessage `json:"metadata"`
+	CurrentAttempt int             `json:"_current_attempt"`
+}
+
+// claimPayload is the Item:claim answer with an item.
+type claimPayload struct {
+	Item    *entry `json:"item"`
+	InfoURL string `json:"info_url"`
+}
+
 // entryJSON is the claim payload's item: the Entry fields plus _current_attempt.
-func (r *Record) entryJSON(current int) map[string]any {
+func (r *Record) entryJSON(current int) *entry {
 	md := r.Metadata
 	if len(md) == 0 {
 		md = json.RawMessage("{}")
@@ -88,13 +117,11 @@ func (r *Record) entryJSON(current int) map[string]any {
 	if al == nil {
 		al = []AdminLog{}
 	}
-	return map[string]any{
-		"id": r.ID, "item": r.Item, "queued_by": r.QueuedBy, "pipeline_type": r.PipelineType,
-		"status": r.Status, "attempts": attempts, "queued_at": r.QueuedAt, "claimed_at": r.ClaimedAt,
-		"finished_at": r.FinishedAt, "expires": r.Expires, "explanation": r.Explanation,
-		"parent_item": r.ParentItem, "priority": r.Priority, "run_on": r.RunOn, "stash": r.Stash,
-		"admin_log": al, "metadata": md, "_current_attempt": current,
-	}
+	return &entry{ID: r.ID, Item: r.Item, QueuedBy: r.QueuedBy, PipelineType: r.PipelineType,
+		Status: r.Status, Attempts: attempts, QueuedAt: r.QueuedAt, ClaimedAt: r.ClaimedAt,
+		FinishedAt: r.FinishedAt, Expires: r.Expires, Explanation: r.Explanation,
+		ParentItem: r.ParentItem, Priority: r.Priority, RunOn: r.RunOn, Stash: r.Stash,
+		AdminLog: al, Metadata: md, CurrentAttempt: current}
 }
 
 func decodeRecord(b []byte) (*Record, error) {

@@ -501,21 +501,25 @@ type revocation struct {
 // stale token or a dead-letter copy, never a todo item without token.
 func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (effects, error)) (*Record, error) {
 	for {
-		var val []byte
+		var cur *Record
 		var rev uint64
+		var err error
 		if c, ok := q.index.cached(id); ok {
-			val, rev = c.val, c.rev
+			rev = c.rev
+			if cur = c.rec; cur == nil {
+				cur, err = decodeRecord(c.val)
+			}
 		} else {
-			ent, err := q.items.Get(ctx, id)
-			if err != nil {
-				if errors.Is(err, jetstream.ErrNotFound) {
+			ent, gerr := q.items.Get(ctx, id)
+			if gerr != nil {
+				if errors.Is(gerr, jetstream.ErrNotFound) {
 					return nil, errStatus(404, "Item %s not found", id)
 				}
-				return nil, err
+				return nil, gerr
 			}
-			val, rev = ent.Value, ent.Revision
+			rev = ent.Revision
+			cur, err = decodeRecord(ent.Value)
 		}
-		cur, err := decodeRecord(val)
 		if err != nil {
 			return nil, err
 		}
@@ -541,7 +545,8 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 			}
 		}
 		b, _ := json.Marshal(next)
-		if _, err := q.items.Update(ctx, id, b, rev); err != nil {
+		nrev, err := q.items.WriteLean(ctx, id, b, rev, 0)
+		if err != nil {
 			if errors.Is(err, jetstream.ErrConflict) {
 				q.index.forget(id, rev)
 				if ctx.Err() != nil {
@@ -551,6 +556,7 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 			}
 			return nil, fmt.Errorf("update item %s: %w", id, err)
 		}
+		q.index.put(id, next, nrev, b)
 		for _, ev := range eff.events {
 			q.event(next, ev, eff.pipeline, eff.reason, eff.attempt)
 		}
@@ -748,9 +754,11 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 	}
 	young := time.Since(job.Time) < tokenGrace
 	var ent jetstream.Entry
+	var cachedRec *Record // ent decoded, when the cache had it
 	var err error
 	if c, ok := q.index.todoValue(tok.ID); ok {
 		ent = jetstream.Entry{Key: tok.ID, Value: c.val, Revision: c.rev} // a stale value fails the CAS below
+		cachedRec = c.rec
 	} else {
 		ent, err = q.items.Get(ctx, tok.ID)
 	}
@@ -763,7 +771,11 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		var rec *Record
 		if err == nil {
 			var derr error
-			if rec, derr = decodeRecord(ent.Value); derr != nil {
+			if rec = cachedRec; rec == nil {
+				rec, derr = decodeRecord(ent.Value)
+			}
+			cachedRec = nil
+			if derr != nil {
 				_ = job.AckAsync()
 				return nil, nil
 			}
@@ -788,6 +800,7 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 				}
 				if c, ok := q.index.todoValue(tok.ID); ok && c.rev > ent.Revision {
 					ent, err = jetstream.Entry{Key: tok.ID, Value: c.val, Revision: c.rev}, nil
+					cachedRec = c.rec
 				} else {
 					ent, err = q.items.Get(ctx, tok.ID)
 				}
@@ -805,7 +818,7 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		next.Claim = &Claim{Pipeline: pipeline, Attempt: len(next.Attempts) - 1,
 			LeaseUntil: epoch(now.Add(time.Duration(cfg.Lease))), Pod: q.pod}
 		b, _ := json.Marshal(next)
-		rev, uerr := q.items.Update(ctx, tok.ID, b, ent.Revision)
+		rev, uerr := q.items.WriteLean(ctx, tok.ID, b, ent.Revision, 0)
 		if uerr == nil {
 			q.index.put(tok.ID, next, rev, b)
 			_ = job.AckAsync()

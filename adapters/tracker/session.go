@@ -184,7 +184,7 @@ func (s *session) dispatch(req *Request) (int, any, error) {
 			return 200, map[string]any{"item": nil, "message": "No items found."}, nil
 		}
 		s.a.m.claims.Inc()
-		return 200, map[string]any{"item": rec.entryJSON(rec.Claim.Attempt), "info_url": s.a.infoURL}, nil
+		return 200, claimPayload{Item: rec.entryJSON(rec.Claim.Attempt), InfoURL: s.a.infoURL}, nil
 
 	case "Item:store":
 		id := p.String("id", true)

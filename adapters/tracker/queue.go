@@ -139,11 +139,19 @@ type Queue struct {
 	orderTTL time.Duration
 	orderMu  sync.Mutex
 	order    map[string]*orderCache
+
+	// background work (order refreshes), stopped by close
+	bgMu     sync.Mutex
+	bgClosed bool
+	bgWG     sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 type orderCache struct {
-	at     time.Time
-	counts map[string]uint64
+	at         time.Time
+	counts     map[string]uint64
+	refreshing bool // a background read of the counts is under way
 }
 
 type cachedCfg struct {
@@ -155,6 +163,7 @@ func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.L
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
 		cons: map[string]*jetstream.Taker{}, stashCons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
 		order: map[string]*orderCache{}}
+	q.bgCtx, q.bgCancel = context.WithCancel(context.Background())
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
 		return nil, err
@@ -238,38 +247,76 @@ func (q *Queue) publishToken(ctx context.Context, r *Record) error {
 	return nil
 }
 
-// noteSubject makes this pod's claims re-read the order when a token went to a ready subject
-// they did not know.
+// noteSubject adds a ready subject that just got a token to the order this pod's claims use,
+// if they did not know it.
 func (q *Queue) noteSubject(ptype, subj string) {
 	q.orderMu.Lock()
 	if c := q.order[ptype]; c != nil && c.counts[subj] == 0 {
-		delete(q.order, ptype)
+		c.counts[subj] = 1
 	}
 	q.orderMu.Unlock()
 }
 
 // readyCounts returns the per-subject counts of a pipeline type's ready tokens, reused for
-// orderTTL unless force is set; fresh says whether they were just read.
+// orderTTL unless force is set; fresh says whether they were just read. Counts older than
+// orderTTL are still used while a background read replaces them, so claims do not wait for it
+// (a claim that finds nothing with cached counts reads them itself: force).
 func (q *Queue) readyCounts(ctx context.Context, ptype string, force bool) (counts map[string]uint64, fresh bool, err error) {
 	if !force && q.orderTTL > 0 {
 		q.orderMu.Lock()
 		c := q.order[ptype]
-		if c != nil && time.Since(c.at) < q.orderTTL {
+		if c != nil {
 			counts = maps.Clone(c.counts)
+			if !c.refreshing && time.Since(c.at) >= q.orderTTL {
+				c.refreshing = q.background(func(ctx context.Context) { q.refreshCounts(ctx, ptype) })
+			}
 		}
 		q.orderMu.Unlock()
 		if counts != nil {
 			return counts, false, nil
 		}
 	}
-	counts, err = q.js.StreamSubjectCounts(ctx, streamReady, q.readyPrefix(ptype)+".>")
+	counts, err = q.readCounts(ctx, ptype)
+	return counts, err == nil, err
+}
+
+func (q *Queue) readCounts(ctx context.Context, ptype string) (map[string]uint64, error) {
+	counts, err := q.js.StreamSubjectCounts(ctx, streamReady, q.readyPrefix(ptype)+".>")
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	q.orderMu.Lock()
 	q.order[ptype] = &orderCache{at: time.Now(), counts: maps.Clone(counts)}
 	q.orderMu.Unlock()
-	return counts, true, nil
+	return counts, nil
+}
+
+func (q *Queue) refreshCounts(ctx context.Context, ptype string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := q.readCounts(ctx, ptype); err != nil {
+		q.log.Debug("tracker: ready counts", "pipeline_type", ptype, "err", err)
+		q.orderMu.Lock()
+		if c := q.order[ptype]; c != nil {
+			c.refreshing = false
+		}
+		q.orderMu.Unlock()
+	}
+}
+
+// background runs fn on its own goroutine until close; false when the queue is closed.
+func (q *Queue) background(fn func(ctx context.Context)) bool {
+	q.bgMu.Lock()
+	defer q.bgMu.Unlock()
+	if q.bgClosed {
+		return false
+	}
+	q.bgWG.Add(1)
+	go func() {
+		defer q.bgWG.Done()
+		fn(q.bgCtx)
+	}()
+	return true
 }
 
 // emptied notes that a ready subject had nothing to fetch, so that claims skip it until the
@@ -635,8 +682,13 @@ func (q *Queue) dropConsumer(subject string) {
 	}
 }
 
-// close releases the takers' subscriptions.
+// close stops the background work and releases the takers' subscriptions.
 func (q *Queue) close() {
+	q.bgMu.Lock()
+	q.bgClosed = true
+	q.bgMu.Unlock()
+	q.bgCancel()
+	q.bgWG.Wait()
 	q.consMu.Lock()
 	all := q.cons
 	q.cons = map[string]*jetstream.Taker{}

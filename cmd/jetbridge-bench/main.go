@@ -67,6 +67,7 @@ type Result struct {
 // Report is what one invocation prints.
 type Report struct {
 	Scenario string  `json:"scenario"`
+	Rounds   int     `json:"rounds"`
 	Result   Result  `json:"result"`
 	Baseline *Result `json:"baseline,omitempty"`
 	// RatioOps is bridge ops/s ÷ baseline ops/s; RatioP99 is bridge p99 ÷ baseline p99.
@@ -89,6 +90,7 @@ func run(args []string, out io.Writer) error {
 	payload := fs.Int("payload", 128, "payload size in bytes")
 	asJSON := fs.Bool("json", false, "print JSON")
 	list := fs.Bool("list", false, "list scenarios")
+	rounds := fs.Int("rounds", 1, "alternating rounds of scenario and baseline; the median round of each is reported")
 	podFlags := fs.String("pod-flags", "", `extra flags for the pod, e.g. "--durability strict"`)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -108,28 +110,43 @@ func run(args []string, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("unknown scenario %q (-list shows them)", *name)
 	}
-	if *concurrency < 1 || *duration <= 0 {
-		return errors.New("-concurrency and -duration must be positive")
+	if *concurrency < 1 || *duration <= 0 || *rounds < 1 {
+		return errors.New("-concurrency, -duration and -rounds must be positive")
 	}
 	h, stop, err := startHarness(*concurrency, *payload, strings.Fields(*podFlags))
 	if err != nil {
 		return err
 	}
 	defer stop()
-	rep := Report{Scenario: sc.name}
-	rep.Result, err = measure(h, sc, *duration)
-	if err != nil {
-		return err
-	}
+	rep := Report{Scenario: sc.name, Rounds: *rounds}
+	var base *scenario
 	if sc.baseline != "" {
-		base, ok := scenarios[sc.baseline]
+		b, ok := scenarios[sc.baseline]
 		if !ok {
 			return fmt.Errorf("scenario %s: unknown baseline %s", sc.name, sc.baseline)
 		}
-		b, err := measure(h, base, *duration)
+		base = b
+	}
+	// Rounds alternate scenario and baseline so that both get the same share of a noisy machine;
+	// the report gives the median round of each.
+	var mine, theirs []Result
+	for r := 0; r < *rounds; r++ {
+		res, err := measure(h, sc, *duration)
 		if err != nil {
 			return err
 		}
+		mine = append(mine, res)
+		if base != nil {
+			b, err := measure(h, base, *duration)
+			if err != nil {
+				return err
+			}
+			theirs = append(theirs, b)
+		}
+	}
+	rep.Result = median(mine)
+	if base != nil {
+		b := median(theirs)
 		rep.Baseline = &b
 		if b.OpsPerSec > 0 {
 			rep.RatioOps = rep.Result.OpsPerSec / b.OpsPerSec
@@ -151,7 +168,8 @@ func run(args []string, out io.Writer) error {
 	line(rep.Result)
 	if rep.Baseline != nil {
 		line(*rep.Baseline)
-		fmt.Fprintf(out, "ratio bridge/raw: ops/s %.2fx, p99 %.2fx (concurrency %d, %v each)\n", rep.RatioOps, rep.RatioP99, *concurrency, *duration)
+		fmt.Fprintf(out, "ratio bridge/raw: ops/s %.2fx, p99 %.2fx (concurrency %d, %v each, median of %d alternating rounds)\n",
+			rep.RatioOps, rep.RatioP99, *concurrency, *duration, *rounds)
 	}
 	if rep.Result.FirstError != "" {
 		fmt.Fprintf(out, "first error: %s\n", rep.Result.FirstError)
@@ -267,4 +285,11 @@ func measure(h *harness, sc *scenario, d time.Duration) (Result, error) {
 // payloadOf makes a deterministic payload of n bytes.
 func payloadOf(n int) []byte {
 	return []byte(strings.Repeat("x", n))
+}
+
+// median returns the round with the median throughput.
+func median(rs []Result) Result {
+	sorted := append([]Result(nil), rs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].OpsPerSec < sorted[j].OpsPerSec })
+	return sorted[len(sorted)/2]
 }

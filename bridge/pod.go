@@ -207,8 +207,15 @@ func (p *Pod) Start(ctx context.Context) (err error) {
 			p.log.Warn("durability fast: the embedded store fsyncs every 2 minutes, so a power loss can lose the last two minutes of acknowledged writes; use --durability strict to fsync every write")
 		}
 	}
+	// With an embedded server that listens, the pod uses loopback TCP like any client: the
+	// in-process pipe is synchronous and measured slower under concurrent load. Without a client
+	// listener it connects in-process.
+	inProc, urls := p.embedded, cfg.NATSURL
+	if p.embedded != nil && p.embedded.ClientURL() != "" && !cfg.NATSInProcess {
+		inProc, urls = nil, p.embedded.ClientURL()
+	}
 	p.js, err = jetstream.Connect(ctx, jetstream.ConnConfig{
-		Embedded: p.embedded, URLs: cfg.NATSURL, CredsFile: cfg.NATSCreds, NkeyFile: cfg.NATSNkey,
+		Embedded: inProc, URLs: urls, CredsFile: cfg.NATSCreds, NkeyFile: cfg.NATSNkey,
 		User: cfg.NATSUser, Password: cfg.NATSPassword, TLSCA: cfg.NATSTLSCA, TLSCert: cfg.NATSTLSCert, TLSKey: cfg.NATSTLSKey,
 		Name: "jetbridge " + p.id, Prefix: cfg.SubjectPrefix, Replicas: cfg.Replicas, Logger: p.log.With("component", "nats"),
 		OnStateChange: func(st jetstream.State) {

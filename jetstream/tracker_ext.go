@@ -129,12 +129,13 @@ type Taker struct {
 
 type takeSub struct {
 	sub   *nats.Subscription
+	ch    chan *nats.Msg // small: one answer is expected at a time (a SubscribeSync would hold 64k)
 	inbox string
 	n     uint64 // number of the request in flight: its status replies go to inbox.<n>
 }
 
 // maxFreeTakeSubs bounds the idle subscriptions a Taker keeps.
-const maxFreeTakeSubs = 64
+const maxFreeTakeSubs = 16
 
 // Taker returns a Taker on the consumer (Close it when done).
 func (c *Consumer) Taker() *Taker {
@@ -156,11 +157,12 @@ func (t *Taker) get() (*takeSub, error) {
 	}
 	t.mu.Unlock()
 	inbox := t.c.nc.NewInbox()
-	sub, err := t.c.nc.SubscribeSync(inbox + ".*")
+	ch := make(chan *nats.Msg, 8)
+	sub, err := t.c.nc.ChanSubscribe(inbox+".*", ch)
 	if err != nil {
 		return nil, fmt.Errorf("take %s: %w", t.api, err)
 	}
-	return &takeSub{sub: sub, inbox: inbox}, nil
+	return &takeSub{sub: sub, ch: ch, inbox: inbox}, nil
 }
 
 func (t *Taker) put(s *takeSub) {
@@ -209,10 +211,12 @@ func (t *Taker) Next(ctx context.Context, wait time.Duration) (*Job, error) {
 	wctx, cancel := context.WithTimeout(ctx, wait+5*time.Second)
 	defer cancel()
 	for {
-		m, err := s.sub.NextMsgWithContext(wctx)
-		if err != nil {
+		var m *nats.Msg
+		select {
+		case m = <-s.ch:
+		case <-wctx.Done():
 			_ = s.sub.Unsubscribe()
-			return nil, fmt.Errorf("take %s: %w", t.api, err)
+			return nil, fmt.Errorf("take %s: %w", t.api, wctx.Err())
 		}
 		if strings.HasPrefix(m.Reply, "$JS.ACK.") {
 			t.put(s)

@@ -86,6 +86,8 @@ type Adapter struct {
 
 	limMu    sync.Mutex
 	limCache map[string]cachedAuth
+
+	cmdMetrics map[string]*cmdMetrics // per command type; read-only after Start
 }
 
 // New returns the tracker adapter; its configuration comes from the flags it registers.
@@ -203,6 +205,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		stores:      prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_stores_total", Help: "Results stored."}),
 		revocations: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetbridge_tracker_revocations_total", Help: "Claims revoked (lease expired, operator)."}),
 	}
+	a.initTypeMetrics()
 	q, err := newQueue(ctx, env.JS, env.PodID, env.Log, a.lease, a.maxTries, a.m)
 	if err != nil {
 		return fmt.Errorf("tracker: %w", err)

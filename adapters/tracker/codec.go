@@ -46,13 +46,8 @@ func (e *FrameError) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Me
 // the first frame may be the hello).
 func DecodeFrame(data []byte, first bool) (*Request, *FrameError) {
 	var top map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := dec.Decode(&top); err != nil || top == nil || dec.More() {
-		return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
-	}
-	if _, err := dec.Token(); err == nil {
-		// trailing garbage after the object
+	// json.Unmarshal refuses anything after the object (no Decoder: this runs on every frame)
+	if err := json.Unmarshal(data, &top); err != nil || top == nil {
 		return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
 	}
 	_, hasType := top["type"]

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 type session struct {
@@ -109,10 +110,11 @@ func (s *session) handle(data []byte) bool {
 	if !knownType(typ) {
 		typ = "unknown"
 	}
-	s.a.metrics().MessagesIn.WithLabelValues(protocolName, typ).Inc()
+	tm := s.a.typeMetrics(typ)
+	tm.in.Inc()
 	start := time.Now()
 	status, payload, err := s.dispatch(req)
-	s.a.metrics().Latency.WithLabelValues(protocolName, typ).Observe(time.Since(start).Seconds())
+	tm.latency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		fe := &FrameError{Status: 503, Message: "Service unavailable, try again", Seq: req.Seq, HasSeq: true}
 		var se *statusError
@@ -124,9 +126,34 @@ func (s *session) handle(data []byte) bool {
 		s.sendError(fe)
 		return false
 	}
-	s.a.metrics().MessagesOut.WithLabelValues(protocolName, typ).Inc()
+	tm.out.Inc()
 	_ = s.write(EncodeResponse(status, payload, req.Seq))
 	return false
+}
+
+// cmdMetrics are one command type's metric series (looked up once: this runs per request).
+type cmdMetrics struct {
+	in, out prometheus.Counter
+	latency prometheus.Observer
+}
+
+var commandTypes = []string{"System:ping", "Item:claim", "Item:store", "Item:fail", "Item:finish", "unknown"}
+
+func (a *Adapter) initTypeMetrics() {
+	a.cmdMetrics = map[string]*cmdMetrics{}
+	m := a.metrics()
+	for _, t := range commandTypes {
+		a.cmdMetrics[t] = &cmdMetrics{in: m.MessagesIn.WithLabelValues(protocolName, t),
+			out: m.MessagesOut.WithLabelValues(protocolName, t), latency: m.Latency.WithLabelValues(protocolName, t)}
+	}
+}
+
+// typeMetrics returns the series of a command type (typ is a known type or "unknown").
+func (a *Adapter) typeMetrics(typ string) *cmdMetrics {
+	if tm := a.cmdMetrics[typ]; tm != nil {
+		return tm
+	}
+	return a.cmdMetrics["unknown"]
 }
 
 func knownType(t string) bool {

@@ -57,3 +57,29 @@ func TestKVWriteLean(t *testing.T) {
 		t.Fatalf("Create over a delete marker: %v", err)
 	}
 }
+
+// PublishExpect: only on an empty subject (0) or at its last sequence; ErrConflict otherwise.
+func TestPublishExpect(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := js.Provision(ctx, jetstream.Assets{Streams: []jetstream.StreamSpec{{Name: "ZT_PX", Subjects: []string{"ztpx.>"}, Retention: jetstream.WorkQueue}}}); err != nil {
+		t.Fatal(err)
+	}
+	a1, err := js.PublishExpect(ctx, "ztpx.a", []byte("1"), 0, 0)
+	if err != nil || a1.Sequence == 0 {
+		t.Fatalf("first: %+v %v", a1, err)
+	}
+	if _, err := js.PublishExpect(ctx, "ztpx.a", []byte("2"), 0, 0); !errors.Is(err, jetstream.ErrConflict) {
+		t.Fatalf("subject not empty: %v", err)
+	}
+	if _, err := js.PublishExpect(ctx, "ztpx.b", []byte("3"), 0, 0); err != nil {
+		t.Fatalf("other subject: %v", err)
+	}
+	if _, err := js.PublishExpect(ctx, "ztpx.a", []byte("4"), a1.Sequence, 0); err != nil {
+		t.Fatalf("at the last sequence: %v", err)
+	}
+	if _, err := js.PublishExpect(ctx, "ztpxnone.x", []byte("5"), 0, 0); err == nil || errors.Is(err, jetstream.ErrConflict) {
+		t.Fatalf("no stream: %v", err)
+	}
+}

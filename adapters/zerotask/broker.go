@@ -79,6 +79,8 @@ type Broker struct {
 
 	// fetched queues results to mark fetched (their expiry starts) off the reply path.
 	fetched chan fetchItem
+	// creates hands record writes of client_new_task to idle helpers (unbuffered).
+	creates chan *createJob
 
 	mu     sync.Mutex
 	evSubj sync.Map               // event → subject
@@ -115,7 +117,7 @@ func newBroker(cfg Config, js *jetstream.Client, log *slog.Logger, pod string, m
 		connected:  func(string) bool { return false },
 		reannounce: func() {},
 		conns:      map[string]*connState{}, nodeL: map[string]*localEntry{}, cliL: map[string]*localEntry{},
-		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096),
+		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096), creates: make(chan *createJob),
 		held: map[string]*jetstream.Job{}, done: map[string]struct{}{}}
 }
 
@@ -354,26 +356,28 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	if err != nil {
 		return nil, rpcErr(CodeInvalidParams)
 	}
-	// The record, then the queue message: both are stored before the reply. A retried submission
-	// finds the record and queues the message again if there is none, in case the first attempt
-	// stopped in between.
+	// The record and the queue message are written at once (the record on a helper goroutine);
+	// both are stored before the reply. The queue message goes only to an empty subject, so a
+	// retried submission of an unfinished task adds none, and requeues one whose first attempt
+	// stopped after the record; a message whose record was never stored is dropped by the
+	// watchdog, as is one re-sent for a finished task.
 	k := key(t.ID)
-	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
-	if errors.Is(err, jetstream.ErrConflict) {
-		rev, err = b.tasks.Create(ctx, k, rec, 0) // a duplicate, or the delete marker of an old task
-	}
+	job := b.startCreate(ctx, k, rec)
+	_, perr := b.js.PublishExpect(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), 0, 0)
+	rev, err := job.wait()
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
-			b.requeueExisting(ctx, t.ID)
+			// The publish beside it queued the task again if its message was missing.
 			return nil, rpcErr(CodeInvalidTask, "Invalid task id: "+strconv.Quote(t.ID)+" exists.")
 		}
 		return nil, internal(err)
 	}
-	if _, err := b.js.PublishLean(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), nil, ""); err != nil {
+	if perr != nil && !errors.Is(perr, jetstream.ErrConflict) {
+		// (A conflict means a message of an earlier attempt is there: it serves this record.)
 		if derr := b.tasks.Delete(ctx, k, rev); derr != nil {
 			b.log.Error("zerotask: task stored but not queued, and not removed", "task", t.ID, "err", derr)
 		}
-		return nil, internal(err)
+		return nil, internal(perr)
 	}
 	b.cache.put(&t, rev)
 	b.m.status(StatusQueued)
@@ -381,19 +385,61 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	return t.ID, nil
 }
 
-// requeueExisting queues the message of an existing unfinished task again when its subject holds
-// none (an unfinished task's message stays until the task is done).
-func (b *Broker) requeueExisting(ctx context.Context, id string) {
-	t, _, err := b.getTask(ctx, id, true)
-	if err != nil || terminal(t.Status) {
-		return
+// createJob is the record write of one client_new_task, run beside its queue publish.
+type createJob struct {
+	ctx  context.Context
+	key  string
+	rec  []byte
+	rev  uint64
+	err  error
+	done chan struct{}
+}
+
+// createRecord stores a new task record: one lean write expecting no value; a key that has one (a
+// duplicate, or the delete marker of an expired task) goes through Create, which tells them apart.
+func (b *Broker) createRecord(ctx context.Context, k string, rec []byte) (uint64, error) {
+	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
+	if errors.Is(err, jetstream.ErrConflict) {
+		rev, err = b.tasks.Create(ctx, k, rec, 0)
 	}
-	_, err = b.js.Publish(ctx, b.queueSubject(t.Method, t.ID), encodeQueueMsg(t), jetstream.PubOpts{ExpectSubjectEmpty: true})
-	if err == nil {
-		b.log.Warn("zerotask: an unfinished task had no queue message; queued again", "task", id)
+	return rev, err
+}
+
+// startCreate hands the record write to an idle helper (runCreators), or runs it now when none is
+// idle.
+func (b *Broker) startCreate(ctx context.Context, k string, rec []byte) *createJob {
+	j := &createJob{ctx: ctx, key: k, rec: rec, done: make(chan struct{})}
+	select {
+	case b.creates <- j:
+	default:
+		j.rev, j.err = b.createRecord(ctx, k, rec)
+		close(j.done)
 	}
-	if err != nil && !errors.Is(err, jetstream.ErrConflict) {
-		b.log.Warn("zerotask: queue an existing task again", "task", id, "err", err)
+	return j
+}
+
+func (j *createJob) wait() (uint64, error) {
+	<-j.done
+	return j.rev, j.err
+}
+
+// runCreators runs n helpers for startCreate until ctx ends (long-lived, so that a submission
+// costs neither a goroutine nor its stack growth).
+func (b *Broker) runCreators(ctx context.Context, n int, wg *sync.WaitGroup) {
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-b.creates:
+					j.rev, j.err = b.createRecord(j.ctx, j.key, j.rec)
+					close(j.done)
+				}
+			}
+		}()
 	}
 }
 

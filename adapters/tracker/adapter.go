@@ -13,8 +13,13 @@
 //     winner, which requeues (or errors out after max tries) and publishes Item:revoked on
 //     tracker.advisory.<pipeline>; every pod writes it to its connections of that pipeline.
 //   - Claim order: pipeline-specific before general, ascending priority + attempts, FIFO. The
-//     per-subject counts of the ready stream are reused for --tracker-order-refresh (50 ms), so an
-//     item queued through another pod may take that long to get its place in the order.
+//     per-subject counts of the ready stream are reused for --tracker-order-refresh (50 ms) and
+//     then re-read in the background while claims go on with the previous ones, so an item
+//     queued through another pod may take that long (plus one read) to get its place in the
+//     order; a claim that finds nothing with the cached order reads it at once.
+//   - Hot path: a claim is one pull request (jetstream.Taker, pooled standing subscriptions) and
+//     one CAS write of the record, whose decoded value this pod keeps from its own writes; an
+//     enqueue sends the ready token and the record create together and answers after both acks.
 //   - The claimed item's attempts are objects {pipeline, pipeline_version, time, error} (the
 //     reference server sends nulls there through a bug; the reference client does not read them).
 //   - The claim rate limit (claims_per_minute) is per pod; the budget (open claims) is global.

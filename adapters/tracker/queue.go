@@ -139,6 +139,7 @@ type Queue struct {
 	orderTTL time.Duration
 	orderMu  sync.Mutex
 	order    map[string]*orderCache
+	loading  map[string]*countsCall // reads of the counts under way for claims without an order
 
 	// background work (order refreshes), stopped by close
 	bgMu     sync.Mutex
@@ -162,7 +163,7 @@ type cachedCfg struct {
 func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
 		cons: map[string]*jetstream.Taker{}, stashCons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
-		order: map[string]*orderCache{}}
+		order: map[string]*orderCache{}, loading: map[string]*countsCall{}}
 	q.bgCtx, q.bgCancel = context.WithCancel(context.Background())
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
@@ -275,9 +276,46 @@ func (q *Queue) readyCounts(ctx context.Context, ptype string, force bool) (coun
 		if counts != nil {
 			return counts, false, nil
 		}
+		// no order yet: claims arriving together share one read
+		q.orderMu.Lock()
+		call := q.loading[ptype]
+		leader := call == nil
+		if leader {
+			call = &countsCall{done: make(chan struct{})}
+			q.loading[ptype] = call
+		}
+		q.orderMu.Unlock()
+		if !leader {
+			select {
+			case <-call.done:
+				if call.err == nil {
+					return maps.Clone(call.counts), true, nil
+				}
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+			// the shared read failed: read for this claim
+		} else {
+			call.counts, call.err = q.readCounts(ctx, ptype)
+			q.orderMu.Lock()
+			delete(q.loading, ptype)
+			q.orderMu.Unlock()
+			close(call.done)
+			if call.err != nil {
+				return nil, false, call.err
+			}
+			return maps.Clone(call.counts), true, nil
+		}
 	}
 	counts, err = q.readCounts(ctx, ptype)
 	return counts, err == nil, err
+}
+
+// countsCall is a read of the ready counts that several claims wait for.
+type countsCall struct {
+	done   chan struct{}
+	counts map[string]uint64
+	err    error
 }
 
 func (q *Queue) readCounts(ctx context.Context, ptype string) (map[string]uint64, error) {

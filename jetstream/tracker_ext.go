@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -89,7 +90,7 @@ func (f *PubFuture) Wait(ctx context.Context) (PubAck, error) {
 	case ack := <-f.f.Ok():
 		return PubAck{Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
 	case err := <-f.f.Err():
-		if isWrongLastSeq(err) {
+		if asyncWrongLastSeq(err) {
 			if f.create != "" {
 				return PubAck{}, fmt.Errorf("kv create %s: %w", f.create, ErrExists)
 			}
@@ -99,6 +100,17 @@ func (f *PubFuture) Wait(ctx context.Context) (PubAck, error) {
 	case <-ctx.Done():
 		return PubAck{}, fmt.Errorf("publish %s: %w", f.subject, ctx.Err())
 	}
+}
+
+// asyncWrongLastSeq reports a failed expected-last-sequence condition in an asynchronous
+// acknowledgement (R1 and replicated streams report it with different codes).
+func asyncWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
 }
 
 // CreateAsync is Create without waiting (see PublishAsync): the key is stored only if it has

@@ -508,7 +508,7 @@ func TestGetMsgNotFound(t *testing.T) {
 	}
 }
 
-func TestKVUpdateTTLExpiresAndDetectsConflicts(t *testing.T) {
+func TestKVWriteLeanExpiresAndDetectsConflicts(t *testing.T) {
 	c := jstest.Connect(t, jstest.Server(t))
 	if _, err := c.Provision(ctxT(t), jetstream.Assets{Buckets: []jetstream.BucketSpec{{Name: "TTLS", LimitMarkerTTL: time.Second}}}); err != nil {
 		t.Fatal(err)
@@ -521,14 +521,14 @@ func TestKVUpdateTTLExpiresAndDetectsConflicts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.UpdateTTL(ctxT(t), "k", []byte("v2"), rev+100, time.Second); !errors.Is(err, jetstream.ErrConflict) {
-		t.Fatalf("stale UpdateTTL: want ErrConflict, got %v", err)
+	if _, err := kv.WriteLean(ctxT(t), "k", []byte("v2"), rev+100, time.Second); !errors.Is(err, jetstream.ErrConflict) {
+		t.Fatalf("stale WriteLean: want ErrConflict, got %v", err)
 	}
-	if _, err := kv.UpdateTTL(ctxT(t), "k", []byte("v2"), rev, time.Second); err != nil {
+	if _, err := kv.WriteLean(ctxT(t), "k", []byte("v2"), rev, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if e, err := kv.Get(ctxT(t), "k"); err != nil || string(e.Value) != "v2" {
-		t.Fatalf("after UpdateTTL: %q %v", e.Value, err)
+		t.Fatalf("after WriteLean: %q %v", e.Value, err)
 	}
 	jstest.Eventually(t, 15*time.Second, func() error {
 		if _, err := kv.Get(ctxT(t), "k"); !errors.Is(err, jetstream.ErrNotFound) {

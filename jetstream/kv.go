@@ -99,26 +99,16 @@ func (k *KV) Update(ctx context.Context, key string, val []byte, rev uint64) (ui
 	return nrev, nil
 }
 
-// UpdateTTL is Update that also makes the key expire ttl from now (the bucket needs
-// LimitMarkerTTL). ErrConflict when the revision moved on.
-func (k *KV) UpdateTTL(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
-	subj := "$KV." + k.c.names.Asset(k.name) + "." + key
-	o := PubOpts{TTL: ttl, ExpectLastSubjectSeq: rev}
-	if rev == 0 {
-		o.ExpectSubjectEmpty = true
-	}
-	ack, err := k.c.Publish(ctx, subj, val, o)
+// WriteLean stores val under key in one request: rev > 0 makes the write conditional on the
+// key's revision still being rev; rev == 0 on the key having no stored value at all (a key whose
+// last value was deleted still has its delete marker: use Create for such keys). ttl > 0 expires
+// the value ttl from now (the bucket needs LimitMarkerTTL). ErrConflict when the condition fails.
+func (k *KV) WriteLean(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	ack, err := k.c.PublishExpect(ctx, "$KV."+k.c.names.Asset(k.name)+"."+key, val, rev, ttl)
 	if err != nil {
-		return 0, fmt.Errorf("kv %s update %s: %w", k.name, key, unwrapConflict(err))
+		return 0, fmt.Errorf("kv %s write %s: %w", k.name, key, err)
 	}
 	return ack.Sequence, nil
-}
-
-func unwrapConflict(err error) error {
-	if errors.Is(err, ErrConflict) {
-		return ErrConflict
-	}
-	return err
 }
 
 // Put stores a value unconditionally.

@@ -1,9 +1,12 @@
 package jetstream
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,29 +36,127 @@ type PubAck struct {
 }
 
 // Publish stores a message in the stream that captures subject and waits for JetStream's
-// acknowledgement (persist before acknowledging to a client).
+// acknowledgement (persist before acknowledging to a client). It is one request whose
+// acknowledgement is parsed without reflection; a failed expected-sequence condition is
+// ErrConflict; a no-responders answer (stream leader election) is retried twice, 250 ms apart.
+// o.Header is not modified.
 func (c *Client) Publish(ctx context.Context, subject string, data []byte, o PubOpts) (PubAck, error) {
-	msg := &nats.Msg{Subject: subject, Data: data, Header: o.Header}
-	var opts []jetstream.PublishOpt
+	h := make(Header, len(o.Header)+3)
+	for k, v := range o.Header {
+		h[k] = v
+	}
 	if o.MsgID != "" {
-		opts = append(opts, jetstream.WithMsgID(o.MsgID))
+		h[nats.MsgIdHdr] = []string{o.MsgID}
 	}
 	if o.TTL > 0 {
-		opts = append(opts, jetstream.WithMsgTTL(o.TTL))
+		h[jetstream.MsgTTLHeader] = []string{o.TTL.String()}
 	}
 	if o.ExpectSubjectEmpty {
-		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+		h[jetstream.ExpectedLastSubjSeqHeader] = []string{"0"}
 	} else if o.ExpectLastSubjectSeq > 0 {
-		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(o.ExpectLastSubjectSeq))
+		h[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(o.ExpectLastSubjectSeq, 10)}
 	}
-	ack, err := c.js.PublishMsg(ctx, msg, opts...)
-	if err != nil {
-		if isWrongLastSeq(err) {
-			return PubAck{}, fmt.Errorf("publish %s: %w", subject, ErrConflict)
+	return c.publishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: h})
+}
+
+// PublishLean is Publish for hot paths that own their header map: h (may be nil) is used as
+// the message's header and modified (the de-duplication id is set in it).
+func (c *Client) PublishLean(ctx context.Context, subject string, data []byte, h Header, msgID string) (PubAck, error) {
+	if msgID != "" {
+		if h == nil {
+			h = Header{}
 		}
-		return PubAck{}, fmt.Errorf("publish %s: %w", subject, err)
+		h[nats.MsgIdHdr] = []string{msgID}
 	}
-	return PubAck{Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+	return c.publishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: h})
+}
+
+// PublishExpect stores a message only if subject's last stored sequence is still lastSeq (0: the
+// subject holds no message); ttl > 0 expires it (the stream needs AllowMsgTTL). A failed
+// condition is ErrConflict.
+func (c *Client) PublishExpect(ctx context.Context, subject string, data []byte, lastSeq uint64, ttl time.Duration) (PubAck, error) {
+	h := Header{jetstream.ExpectedLastSubjSeqHeader: []string{strconv.FormatUint(lastSeq, 10)}}
+	if ttl > 0 {
+		h[jetstream.MsgTTLHeader] = []string{ttl.String()}
+	}
+	return c.publishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: h})
+}
+
+// publishMsg sends m as a JetStream publish request and parses the acknowledgement.
+func (c *Client) publishMsg(ctx context.Context, m *nats.Msg) (PubAck, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := c.nc.RequestMsgWithContext(ctx, m)
+		if err == nil {
+			ack, err := parsePubAck(resp.Data)
+			if err != nil {
+				return PubAck{}, fmt.Errorf("publish %s: %w", m.Subject, err)
+			}
+			return ack, nil
+		}
+		if !errors.Is(err, nats.ErrNoResponders) || attempt >= 2 {
+			return PubAck{}, fmt.Errorf("publish %s: %w", m.Subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return PubAck{}, fmt.Errorf("publish %s: %w", m.Subject, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// parsePubAck reads {"stream":"S","seq":N[,"duplicate": true][,...]} by hand and falls back to
+// encoding/json for anything else. A JetStream error answer becomes an error; a failed
+// expected-last-sequence condition is ErrConflict.
+func parsePubAck(b []byte) (PubAck, error) {
+	if !bytes.Contains(b, []byte(`"error"`)) {
+		var ack PubAck
+		if i := bytes.Index(b, []byte(`"stream":"`)); i >= 0 {
+			rest := b[i+len(`"stream":"`):]
+			if j := bytes.IndexByte(rest, '"'); j > 0 {
+				ack.Stream = string(rest[:j])
+			}
+		}
+		if i := bytes.Index(b, []byte(`"seq":`)); i >= 0 {
+			rest := bytes.TrimLeft(b[i+len(`"seq":`):], " ")
+			n := 0
+			for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+				n++
+			}
+			if v, err := strconv.ParseUint(string(rest[:n]), 10, 64); err == nil {
+				ack.Sequence = v
+			}
+		}
+		if i := bytes.Index(b, []byte(`"duplicate":`)); i >= 0 {
+			ack.Duplicate = bytes.HasPrefix(bytes.TrimLeft(b[i+len(`"duplicate":`):], " "), []byte("true"))
+		}
+		if ack.Stream != "" && ack.Sequence > 0 {
+			return ack, nil
+		}
+	}
+	var r struct {
+		Stream    string `json:"stream"`
+		Seq       uint64 `json:"seq"`
+		Duplicate bool   `json:"duplicate"`
+		Error     *struct {
+			Code        int                 `json:"code"`
+			ErrCode     jetstream.ErrorCode `json:"err_code"`
+			Description string              `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return PubAck{}, fmt.Errorf("invalid publish acknowledgement %q: %w", b, err)
+	}
+	if r.Error != nil {
+		err := fmt.Errorf("jetstream error %d (%d): %s", r.Error.Code, r.Error.ErrCode, r.Error.Description)
+		if r.Error.ErrCode == jetstream.JSErrCodeStreamWrongLastSequence || r.Error.ErrCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant {
+			return PubAck{}, fmt.Errorf("%w (%v)", ErrConflict, err)
+		}
+		return PubAck{}, err
+	}
+	if r.Stream == "" {
+		return PubAck{}, fmt.Errorf("invalid publish acknowledgement %q", b)
+	}
+	return PubAck{Stream: r.Stream, Sequence: r.Seq, Duplicate: r.Duplicate}, nil
 }
 
 // Msg is a message received from NATS (core or JetStream stored message).
@@ -136,8 +237,8 @@ func (c *Client) Purge(ctx context.Context, stream, subject string) error {
 	return nil
 }
 
-// isWrongLastSeq reports a failed expected-last-sequence condition (R1 and replicated streams
-// report it with different codes).
+// isWrongLastSeq reports a failed expected-last-sequence condition in an error from nats.go
+// (R1 and replicated streams report it with different codes).
 func isWrongLastSeq(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {

@@ -76,6 +76,7 @@ type Adapter struct {
 	front, back, admin, pubIn *zmtp.Router
 	pubOut                    *zmtp.Pub
 	pubSub, ctlSub            *jetstream.Subscription
+	backLoop                  *orderedLoop // the backend's messages and disconnections, in order
 
 	b      *broker
 	sched  *scheduler
@@ -236,7 +237,14 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	a.registerAdminRoutes(env)
 	a.loop(a.front, a.onFrontend)
-	a.loop(a.back, a.onBackend)
+	if a.back != nil {
+		a.backLoop = a.newOrderedLoop(a.back, a.onBackend)
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.backLoop.run()
+		}()
+	}
 	a.loop(a.admin, a.onAdmin)
 	a.loop(a.pubIn, a.onPubIn)
 	a.events(a.front, a.onFrontendGone)

@@ -345,22 +345,36 @@ func (b *broker) bury(w *worker, why string) {
 	w.inflight = map[string]*flight{}
 	w.noReply = nil
 	for _, f := range flights {
-		b.stat(f.queue).redelivered++
+		if f.job.Deliveries < uint64(b.attemptsFor(f.headers)) {
+			b.stat(f.queue).redelivered++
+		}
 	}
 	b.mu.Unlock()
 	for _, f := range flights {
-		b.requeue(f)
+		b.requeue(f, why)
 	}
 	b.a.m.workers.Set(float64(b.workerCount()))
 	if len(flights) > 0 {
-		b.a.log.Info("worker gone, jobs back in the queue", "worker", peerName(w.id), "why", why, "jobs", len(flights))
+		b.a.log.Info("worker gone, jobs back in the queue (or dead-lettered after their last attempt)", "worker", peerName(w.id), "why", why, "jobs", len(flights))
 	}
 	b.a.trigger()
 }
 
-func (b *broker) requeue(f *flight) {
+// requeue gives the job of a dead worker back to the queue; a job whose last attempt this was
+// goes to the dead-letter stream at once (it would only be redelivered to be dead-lettered, and
+// only when some worker pulls again).
+func (b *broker) requeue(f *flight, why string) {
 	a := b.a
 	a.m.inflight.WithLabelValues(f.queue).Dec()
+	if used := f.job.Deliveries; used >= uint64(b.attemptsFor(f.headers)) {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			b.deadLetter(f.job, f.msgid, f.queue, int(used),
+				fmt.Sprintf("eventmq: %d attempts used (retry-count:%d), the last one ended by %s", used, max(f.headers.RetryCount, 0), why))
+		}()
+		return
+	}
 	a.m.redelivered.WithLabelValues(f.queue).Inc()
 	if err := f.job.Retry(0); err != nil {
 		a.fail("requeue")
@@ -377,11 +391,20 @@ func (b *broker) kbye(id []byte) {
 	}
 }
 
-func (b *broker) disconnected(id []byte) {
+// worker is the worker connected as id, or nil.
+func (b *broker) worker(id []byte) *worker {
 	b.mu.Lock()
-	w := b.workers[string(id)]
+	defer b.mu.Unlock()
+	return b.workers[string(id)]
+}
+
+// disconnected buries w (the worker of a connection that closed) unless it is gone already, e.g.
+// after its KBYE.
+func (b *broker) disconnected(w *worker) {
+	b.mu.Lock()
+	gone := w.gone
 	b.mu.Unlock()
-	if w != nil {
+	if !gone {
 		b.bury(w, "disconnected")
 	}
 }
@@ -636,7 +659,7 @@ func (b *broker) dispatch(pick func() *worker, job *jetstream.Job, consumerQueue
 	a := b.a
 	msgid, origQueue, h := jobFields(job, consumerQueue)
 	if job.Deliveries > uint64(b.attemptsFor(h)) {
-		b.deadLetter(job, msgid, consumerQueue, fmt.Sprintf("eventmq: %d attempts used (retry-count:%d)", job.Deliveries-1, max(h.RetryCount, 0)))
+		b.deadLetter(job, msgid, consumerQueue, int(job.Deliveries)-1, fmt.Sprintf("eventmq: %d attempts used (retry-count:%d)", job.Deliveries-1, max(h.RetryCount, 0)))
 		return false
 	}
 	fwd := h
@@ -689,12 +712,14 @@ func (b *broker) dispatch(pick func() *worker, job *jetstream.Job, consumerQueue
 	return true
 }
 
-func (b *broker) deadLetter(job *jetstream.Job, msgid, queue, reason string) {
+// deadLetter copies job to the dead-letter stream and notes it in the results (attempts: how
+// many deliveries were attempts).
+func (b *broker) deadLetter(job *jetstream.Job, msgid, queue string, attempts int, reason string) {
 	a := b.a
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
 	rec := resultRecord{MsgID: msgid, Queue: queue, Status: "dead", Reason: reason, Pod: a.env.PodID,
-		Attempts: int(job.Deliveries) - 1, Finished: time.Now().UTC()}
+		Attempts: attempts, Finished: time.Now().UTC()}
 	if err := a.storeResult(ctx, rec); err != nil {
 		a.log.Warn("store dead-letter note", "msgid", msgid, "err", err)
 	}

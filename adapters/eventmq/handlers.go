@@ -170,7 +170,23 @@ func (a *Adapter) onBackend(zm zmtp.Message) {
 }
 
 func (a *Adapter) onFrontendGone(peer []byte) { a.b.removeScheduler(peer) }
-func (a *Adapter) onBackendGone(peer []byte)  { a.b.disconnected(peer) }
+
+// onBackendGone buries the worker of a closed connection once the messages it sent before
+// closing (a result REPLY, READY, KBYE) are handled. The worker is the one known now (a
+// reconnection with the same identity may INFORM meanwhile); one not known yet may have its
+// INFORM still queued.
+func (a *Adapter) onBackendGone(peer []byte) {
+	w := a.b.worker(peer)
+	peer = append([]byte(nil), peer...)
+	a.backLoop.post(func() {
+		if w == nil {
+			if w = a.b.worker(peer); w == nil {
+				return
+			}
+		}
+		a.b.disconnected(w)
+	})
+}
 
 // ---- publisher device ----
 

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,7 +55,7 @@ type Adapter struct {
 	conns     map[*session]struct{}
 	byClient  map[string]*session
 	lastOwner map[string]ownerSeen
-	fresh     map[string]freshEntry
+	fresh     map[freshID]freshEntry
 	draining  bool
 
 	connSeq atomic.Uint64
@@ -68,6 +67,12 @@ type ownerSeen struct {
 	conn string
 }
 
+// freshID is (client, event type): a struct key, so that noting an event allocates nothing.
+type freshID struct {
+	client string
+	typ    uint64
+}
+
 type freshEntry struct {
 	client string
 	typ    uint64
@@ -77,7 +82,7 @@ type freshEntry struct {
 // New returns the Sink adapter; its configuration comes from the flags it registers.
 func New() *Adapter {
 	return &Adapter{conns: map[*session]struct{}{}, byClient: map[string]*session{}, lastOwner: map[string]ownerSeen{},
-		fresh: map[string]freshEntry{}}
+		fresh: map[freshID]freshEntry{}}
 }
 
 // Name is the protocol name.
@@ -342,7 +347,7 @@ func (a *Adapter) release(s *session) {
 }
 
 func (a *Adapter) noteFreshness(client string, typ, ts uint64) {
-	k := client + "." + strconv.FormatUint(typ, 10)
+	k := freshID{client, typ}
 	a.mu.Lock()
 	if cur, ok := a.fresh[k]; !ok || ts > cur.ts {
 		a.fresh[k] = freshEntry{client: client, typ: typ, ts: ts}
@@ -353,7 +358,7 @@ func (a *Adapter) noteFreshness(client string, typ, ts uint64) {
 func (a *Adapter) flushFreshness(ctx context.Context) {
 	a.mu.Lock()
 	batch := a.fresh
-	a.fresh = map[string]freshEntry{}
+	a.fresh = map[freshID]freshEntry{}
 	a.mu.Unlock()
 	for k, f := range batch {
 		if err := a.reg.raiseFreshness(ctx, f.client, f.typ, f.ts); err != nil {

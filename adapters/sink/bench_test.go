@@ -31,6 +31,7 @@ func benchIngest(b *testing.B, clients, window int) {
 		cert := e.pki.client(b, fmt.Sprintf("bench-%d", i))
 		register(b, p, fmt.Sprintf("bench-%d", i), cert)
 		conns[i] = connect(b, p.Addrs["sink"], e.pki, cert, 1, nil)
+		_ = conns[i].conn.SetWriteDeadline(time.Time{}) // the rounds write directly, for longer than the helper's 5 s
 	}
 	ctx := context.Background()
 	if _, err := js.Provision(ctx, jetstream.Assets{Streams: []jetstream.StreamSpec{{Name: "BENCH_RAW", Subjects: []string{"benchraw.>"}}}}); err != nil {

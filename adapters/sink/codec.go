@@ -395,11 +395,20 @@ func WriteFrame(w io.Writer, f []byte) error {
 // ReadFrame reads one length-prefixed frame into buf (grown as needed) and returns it. The result
 // is only valid until the next call with the same buf.
 func ReadFrame(r *bufio.Reader, buf []byte) ([]byte, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(r, l[:]); err != nil {
+	// two ReadByte calls rather than io.ReadFull into an array, which would escape (one
+	// allocation per frame); same errors as io.ReadFull
+	hi, err := r.ReadByte()
+	if err != nil {
 		return nil, err
 	}
-	n := int(binary.BigEndian.Uint16(l[:]))
+	lo, err := r.ReadByte()
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	n := int(hi)<<8 | int(lo)
 	if cap(buf) < n {
 		buf = make([]byte, n)
 	}

@@ -90,15 +90,18 @@ func freshKey(id string, typ uint64) string {
 }
 
 // keyID is a subject/KV-safe, injective form of an event key: hex, or a hash for long keys.
-func keyID(key []byte) string {
+func keyID(key []byte) string { return string(appendKeyID(nil, key)) }
+
+// appendKeyID appends keyID(key) to dst (the hot path builds its ids without intermediate strings).
+func appendKeyID(dst, key []byte) []byte {
 	if len(key) <= 32 {
 		if len(key) == 0 {
-			return "_"
+			return append(dst, '_')
 		}
-		return hex.EncodeToString(key)
+		return hex.AppendEncode(dst, key)
 	}
 	s := sha256.Sum256(key)
-	return "h" + hex.EncodeToString(s[:])
+	return hex.AppendEncode(append(dst, 'h'), s[:])
 }
 
 func offsetKey(id string, typ uint64, key []byte) string {

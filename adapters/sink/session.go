@@ -46,14 +46,17 @@ type session struct {
 	idle     atomic.Int32 // workers waiting for work
 	ownerRev atomic.Uint64
 
-	wmu    sync.Mutex // guards w and broken
+	wmu    sync.Mutex // guards w, broken and wdl
 	w      *bufio.Writer
 	broken bool
+	wdl    time.Time // write deadline set on conn
 
 	handshaken bool // reader goroutine only
 	workers    int  // reader goroutine only
 	br         *bufio.Reader
-	ob         *outbound // reader goroutine only; set after a successful handshake
+	ob         *outbound   // reader goroutine only; set after a successful handshake
+	inline     *pubScratch // reader goroutine only: publishes written without a hand-off
+	handedOff  bool        // reader goroutine only: the frame being handled went to a worker
 
 	closeOnce sync.Once
 	reason    atomic.Value // string
@@ -135,6 +138,9 @@ func (a *Adapter) authenticate(der []byte, cn string) (string, error) {
 
 func (s *session) run() {
 	s.readLoop()
+	if s.inline != nil {
+		s.inline.release()
+	}
 
 	// Graceful end: let inbound writes finish (their ACKs are written), give held outbound events
 	// back, flush, then close.
@@ -182,7 +188,12 @@ func (s *session) send(f []byte) bool {
 	if err == nil {
 		s.wmu.Lock()
 		if s.w.Buffered() > 0 && !s.broken {
-			_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			// the deadline is moved only when less than half of writeTimeout is left: a flush
+			// is still bounded (by 15–30 s) without re-arming the timer for every frame
+			if now := time.Now(); s.wdl.Sub(now) < writeTimeout/2 {
+				s.wdl = now.Add(writeTimeout)
+				_ = s.conn.SetWriteDeadline(s.wdl)
+			}
 			err = s.w.Flush()
 		}
 		s.wmu.Unlock()
@@ -203,11 +214,12 @@ func (s *session) readLoop() {
 	br := bufio.NewReaderSize(s.conn, 16<<10)
 	s.br = br
 	idle := s.a.cfg.Keepalive * 3 / 2
+	var buf []byte
 	for {
 		if err := s.conn.SetReadDeadline(time.Now().Add(idle)); err != nil || s.closing.Load() {
 			return
 		}
-		f, err := ReadFrame(br, nil)
+		f, err := ReadFrame(br, buf)
 		if err != nil {
 			var ne net.Error
 			r, _ := s.reason.Load().(string)
@@ -221,8 +233,14 @@ func (s *session) readLoop() {
 			}
 			return
 		}
+		s.handedOff = false
 		if !s.handle(f) {
 			return
+		}
+		// the frame's buffer is read into again unless a worker still holds the event in it
+		buf = f[:0]
+		if s.handedOff {
+			buf = nil
 		}
 	}
 }
@@ -309,12 +327,16 @@ func (s *session) handle(f []byte) bool {
 		if s.br.Buffered() == 0 && len(s.sem) == 1 {
 			// nothing else to read and nothing else in flight (the original client's one event
 			// at a time): write it here, saving a hand-off; the next frame waits in the socket
-			s.ingest(m.ID, m.Event)
+			if s.inline == nil {
+				s.inline = newPubScratch(s.clientID)
+			}
+			s.ingest(s.inline, m.ID, m.Event)
 			<-s.sem
 			a.m.inflightIn.Dec()
 			s.inWG.Done()
 			return true
 		}
+		s.handedOff = true
 		s.work <- pubJob{id: m.ID, ev: m.Event}
 		if s.idle.Load() == 0 && s.workers < cap(s.sem) {
 			s.workers++
@@ -466,6 +488,8 @@ func (s *session) subjIn(typ string) string {
 }
 
 func (s *session) worker() {
+	sc := newPubScratch(s.clientID)
+	defer sc.release()
 	for {
 		s.idle.Add(1)
 		j, ok := <-s.work
@@ -473,30 +497,88 @@ func (s *session) worker() {
 		if !ok {
 			return
 		}
-		s.ingest(j.id, j.ev)
+		s.ingest(sc, j.id, j.ev)
 		<-s.sem
 		s.a.m.inflightIn.Dec()
 		s.inWG.Done()
 	}
 }
 
+// pubScratch is what one goroutine (the reader's inline path or a worker) reuses from event to
+// event: the header map and its value slices (PublishLean serialises the header before it
+// returns), one buffer in which all header values and the de-duplication id are built (they
+// become substrings of one string: one allocation per event), and a bounded context that is
+// renewed when less than half of its 10 s is left (publishes stay bounded by 5–10 s without a
+// context and timer per event).
+type pubScratch struct {
+	h                         jetstream.Header
+	typ, schema, key, off, ts []string
+	buf                       []byte
+	ctx                       context.Context
+	cancel                    context.CancelFunc
+	until                     time.Time
+}
+
+const publishTimeout = 10 * time.Second
+
+func newPubScratch(clientID string) *pubScratch {
+	sc := &pubScratch{typ: []string{""}, schema: []string{""}, key: []string{""}, off: []string{""}, ts: []string{""}}
+	// canonical header names, set without Set's canonicalisation
+	sc.h = jetstream.Header{HdrClient: {clientID}, HdrEventType: sc.typ, HdrSchemaVersion: sc.schema,
+		HdrKey: sc.key, HdrOffset: sc.off, HdrTimestamp: sc.ts}
+	return sc
+}
+
+// context returns a context with at least publishTimeout/2 left. Not tied to a.ctx (a killed
+// pod still finishes writes NATS accepted).
+func (sc *pubScratch) context(now time.Time) context.Context {
+	if sc.ctx == nil || sc.until.Sub(now) < publishTimeout/2 {
+		if sc.cancel != nil {
+			sc.cancel()
+		}
+		sc.until = now.Add(publishTimeout)
+		sc.ctx, sc.cancel = context.WithDeadline(context.Background(), sc.until)
+	}
+	return sc.ctx
+}
+
+func (sc *pubScratch) release() {
+	if sc.cancel != nil {
+		sc.cancel()
+	}
+}
+
 // ingest writes one inbound event to JetStream and answers ACK only after JetStream's ack.
-func (s *session) ingest(id uint16, ev Event) {
+func (s *session) ingest(sc *pubScratch, id uint16, ev Event) {
 	a := s.a
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounded; not tied to a.ctx (cheaper, and a killed pod still finishes writes NATS accepted)
-	defer cancel()
-	typ := strconv.FormatUint(ev.TypeID, 10)
-	off := strconv.FormatUint(ev.Offset, 10)
-	h := jetstream.Header{ // canonical header names, set without Set's canonicalisation
-		HdrClient:        {s.clientID},
-		HdrEventType:     {typ},
-		HdrSchemaVersion: {strconv.FormatUint(ev.SchemaVersion, 10)},
-		HdrKey:           {base64.StdEncoding.EncodeToString(ev.Key)},
-		HdrOffset:        {off},
-		HdrTimestamp:     {strconv.FormatUint(ev.Timestamp, 10)},
-	}
-	msgID := "sink:" + s.clientID + ":" + typ + ":" + keyID(ev.Key) + ":" + off
+	ctx := sc.context(start)
+	// values: type | schema | base64(key) | offset | timestamp | msg id "sink:<client>:<type>:<keyID>:<offset>"
+	b := sc.buf[:0]
+	b = strconv.AppendUint(b, ev.TypeID, 10)
+	nTyp := len(b)
+	b = strconv.AppendUint(b, ev.SchemaVersion, 10)
+	nSchema := len(b)
+	b = base64.StdEncoding.AppendEncode(b, ev.Key)
+	nKey := len(b)
+	b = strconv.AppendUint(b, ev.Offset, 10)
+	nOff := len(b)
+	b = strconv.AppendUint(b, ev.Timestamp, 10)
+	nTs := len(b)
+	b = append(b, "sink:"...)
+	b = append(b, s.clientID...)
+	b = append(b, ':')
+	b = append(b, b[:nTyp]...)
+	b = append(b, ':')
+	b = appendKeyID(b, ev.Key)
+	b = append(b, ':')
+	b = append(b, b[nKey:nOff]...)
+	sc.buf = b
+	all := string(b)
+	typ := all[:nTyp]
+	sc.typ[0], sc.schema[0], sc.key[0], sc.off[0], sc.ts[0] = typ, all[nTyp:nSchema], all[nSchema:nKey], all[nKey:nOff], all[nOff:nTs]
+	msgID := all[nTs:]
+	h := sc.h
 	ack, err := a.env.JS.PublishLean(ctx, s.subjIn(typ), ev.Data, h, msgID)
 	if err != nil {
 		a.env.Metrics.Errors.WithLabelValues("sink", "write").Inc()

@@ -364,3 +364,44 @@ func TestNATSRestart(t *testing.T) {
 		t.Fatalf("got %s", m.MsgID)
 	}
 }
+
+// A worker that sends its result REPLY and closes its connection at once (no KBYE) has the job
+// done: its disconnection is handled after the REPLY, so the job is neither put back nor redone.
+func TestReplyThenCloseCompletes(t *testing.T) {
+	_, js := newServer(t)
+	p := startPod(t, js)
+	c := dialPeer(t, p.Addrs[ListenFrontend], "")
+	for i := 0; i < 5; i++ {
+		w := goWorker(t, p.Addrs[ListenBackend], "")
+		w.send(CmdReady)
+		id := c.send(CmdRequest, "default", "reply-requested", jobPayload("j", i))
+		if m := c.recv(5*time.Second, CmdHeartbeat); m.Command != CmdReply {
+			t.Fatalf("submission: got %s", m.Command)
+		}
+		if m := w.recv(5*time.Second, CmdHeartbeat); m.MsgID != id {
+			t.Fatalf("worker got %s, want %s", m.MsgID, id)
+		}
+		w.send(CmdReply, `{"value": 1}`, id)
+		w.stopBeat()
+		w.d.Close()
+		waitDoneGo(t, p.AdminURL, id)
+	}
+	w := goWorker(t, p.Addrs[ListenBackend], "")
+	w.send(CmdReady)
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); {
+		fr, err := w.d.Recv(time.Until(deadline))
+		if err != nil {
+			break
+		}
+		if m, _ := Parse(fr); m.Command == CmdRequest {
+			t.Fatalf("a completed job came back: %s", m.MsgID)
+		}
+	}
+	var qs struct{ Queues []QueueStatus }
+	getJSON(t, p.AdminURL+"/api/v1/eventmq/queues", &qs)
+	for _, q := range qs.Queues {
+		if q.Name == "default" && (q.Redelivered != 0 || q.Done != 5) {
+			t.Fatalf("queue %+v", q)
+		}
+	}
+}

@@ -381,10 +381,19 @@ func WriteFrame(w io.Writer, f []byte) error {
 	if len(f) > MaxFrame {
 		return fmt.Errorf("write frame: %w", ErrFrameTooBig)
 	}
-	var l [2]byte
-	binary.BigEndian.PutUint16(l[:], uint16(len(f)))
-	if _, err := w.Write(l[:]); err != nil {
-		return fmt.Errorf("write frame length: %w", err)
+	if bw, ok := w.(io.ByteWriter); ok { // a buffered writer: no escaping length array
+		if err := bw.WriteByte(byte(len(f) >> 8)); err != nil {
+			return fmt.Errorf("write frame length: %w", err)
+		}
+		if err := bw.WriteByte(byte(len(f))); err != nil {
+			return fmt.Errorf("write frame length: %w", err)
+		}
+	} else {
+		var l [2]byte
+		binary.BigEndian.PutUint16(l[:], uint16(len(f)))
+		if _, err := w.Write(l[:]); err != nil {
+			return fmt.Errorf("write frame length: %w", err)
+		}
 	}
 	if _, err := w.Write(f); err != nil {
 		return fmt.Errorf("write frame: %w", err)

@@ -514,6 +514,9 @@ type pubScratch struct {
 	h                         jetstream.Header
 	typ, schema, key, off, ts []string
 	buf                       []byte
+	ack                       [2]byte
+	subj                      string // inbound subject of subjType
+	subjType                  uint64
 	ctx                       context.Context
 	cancel                    context.CancelFunc
 	until                     time.Time
@@ -579,7 +582,10 @@ func (s *session) ingest(sc *pubScratch, id uint16, ev Event) {
 	sc.typ[0], sc.schema[0], sc.key[0], sc.off[0], sc.ts[0] = typ, all[nTyp:nSchema], all[nSchema:nKey], all[nKey:nOff], all[nOff:nTs]
 	msgID := all[nTs:]
 	h := sc.h
-	ack, err := a.env.JS.PublishLean(ctx, s.subjIn(typ), ev.Data, h, msgID)
+	if sc.subj == "" || sc.subjType != ev.TypeID {
+		sc.subj, sc.subjType = s.subjIn(typ), ev.TypeID
+	}
+	ack, err := a.env.JS.PublishLean(ctx, sc.subj, ev.Data, h, msgID)
 	if err != nil {
 		a.env.Metrics.Errors.WithLabelValues("sink", "write").Inc()
 		s.log.Warn("sink: event not stored", "type", ev.TypeID, "offset", ev.Offset, "err", err)
@@ -602,7 +608,7 @@ func (s *session) ingest(sc *pubScratch, id uint16, ev Event) {
 		}
 	}
 	a.noteFreshness(s.clientID, ev.TypeID, ev.Timestamp)
-	f, _ := AppendAck(nil, id)
+	f, _ := AppendAck(sc.ack[:0], id)
 	a.m.ackOut.Inc()
 	s.sendOut(f, a.m.outAck)
 	a.m.latPublish.Observe(time.Since(start).Seconds())

@@ -14,10 +14,12 @@
 // result REPLY (reply-requested), else its next READY, which completes the worker's oldest job
 // without reply-requested (--eventmq-exact-completion makes every completion name its job). While
 // the worker lives the job's lease is renewed; when the worker dies (KBYE, heartbeat timeout,
-// disconnect, send failure, admin DISCONNECT) its jobs go back to the queue at once, and when the
-// pod dies their leases (--eventmq-lease) run out. A job delivered more often than its attempts
-// (retry-count:N → N+1, else --eventmq-attempts) is dead-lettered to dlq.eventmq.jobs.… with the
-// reason. Results of jobs with reply-requested (and dead-letter notes) are stored and published on
+// disconnect, send failure, admin DISCONNECT; a disconnection is handled after the messages the
+// worker sent before it, so a REPLY followed by a close completes the job) its jobs go back to the
+// queue at once, and when the pod dies their leases (--eventmq-lease) run out. A job has retry-count:N
+// → N+1 attempts (else --eventmq-attempts): when its last attempt ends with its worker it is
+// dead-lettered to dlq.eventmq.jobs.… with the reason at once, and a job delivered more often (its
+// pod died) is dead-lettered when it is pulled. Results of jobs with reply-requested (and dead-letter notes) are stored and published on
 // eventmq.results.<msgid> (stream EVENTMQ_RESULTS) and served by GET /api/v1/eventmq/jobs/{msgid}.
 //
 // Liveness. The broker sends HEARTBEAT right after the ACK to an INFORM (the JobManager starts its

@@ -69,6 +69,30 @@ type Client struct {
 
 	kvMu sync.Mutex
 	kvs  map[string]jetstream.KeyValue
+
+	// streams caches bound stream handles by logical name: binding one is itself a STREAM.INFO
+	// round trip, so hot paths would otherwise pay two.
+	streams sync.Map // string → jetstream.Stream
+}
+
+// stream returns the (cached) handle of a logical stream.
+func (c *Client) stream(ctx context.Context, stream string) (jetstream.Stream, error) {
+	if s, ok := c.streams.Load(stream); ok {
+		return s.(jetstream.Stream), nil
+	}
+	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	c.streams.Store(stream, s)
+	return s, nil
+}
+
+// forget drops a cached handle when the stream is gone (it may be recreated).
+func (c *Client) forget(stream string, err error) {
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		c.streams.Delete(stream)
+	}
 }
 
 // Connect dials NATS. Against external servers it retries forever with backoff, both on the first

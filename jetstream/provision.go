@@ -330,12 +330,13 @@ type StreamInfo struct {
 
 // StreamInfo reads a stream's state; subjectFilter, when set, also counts messages per subject.
 func (c *Client) StreamInfo(ctx context.Context, stream string) (StreamInfo, error) {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return StreamInfo{}, fmt.Errorf("stream %s: %w", stream, err)
+		return StreamInfo{}, err
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
+		c.forget(stream, err)
 		return StreamInfo{}, fmt.Errorf("stream %s info: %w", stream, err)
 	}
 	return StreamInfo{Name: info.Config.Name, Subjects: info.Config.Subjects, Messages: info.State.Msgs,
@@ -345,12 +346,13 @@ func (c *Client) StreamInfo(ctx context.Context, stream string) (StreamInfo, err
 
 // SubjectCounts returns the number of stored messages per subject matching filter.
 func (c *Client) SubjectCounts(ctx context.Context, stream, filter string) (map[string]uint64, error) {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", stream, err)
+		return nil, err
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
+		c.forget(stream, err)
 		return nil, fmt.Errorf("stream %s subjects %s: %w", stream, filter, err)
 	}
 	return info.State.Subjects, nil

@@ -183,12 +183,13 @@ func (m *Msg) Respond(data []byte, h Header) error {
 
 // GetMsg reads one stored message by stream sequence.
 func (c *Client) GetMsg(ctx context.Context, stream string, seq uint64) (*Msg, error) {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", stream, err)
+		return nil, err
 	}
 	rm, err := s.GetMsg(ctx, seq)
 	if err != nil {
+		c.forget(stream, err)
 		if isNotFound(err) {
 			return nil, fmt.Errorf("stream %s get %d: %w", stream, seq, ErrNotFound)
 		}
@@ -199,12 +200,13 @@ func (c *Client) GetMsg(ctx context.Context, stream string, seq uint64) (*Msg, e
 
 // LastMsg reads the last stored message on a subject; ErrNotFound if there is none.
 func (c *Client) LastMsg(ctx context.Context, stream, subject string) (*Msg, error) {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", stream, err)
+		return nil, err
 	}
 	rm, err := s.GetLastMsgForSubject(ctx, subject)
 	if err != nil {
+		c.forget(stream, err)
 		if isNotFound(err) {
 			return nil, ErrNotFound
 		}
@@ -215,11 +217,12 @@ func (c *Client) LastMsg(ctx context.Context, stream, subject string) (*Msg, err
 
 // DeleteMsg removes one stored message; a message already gone is not an error.
 func (c *Client) DeleteMsg(ctx context.Context, stream string, seq uint64) error {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", stream, err)
+		return err
 	}
 	if err := s.DeleteMsg(ctx, seq); err != nil && !isNotFound(err) {
+		c.forget(stream, err)
 		return fmt.Errorf("stream %s delete %d: %w", stream, seq, err)
 	}
 	return nil
@@ -227,11 +230,12 @@ func (c *Client) DeleteMsg(ctx context.Context, stream string, seq uint64) error
 
 // Purge removes every message on subject from stream.
 func (c *Client) Purge(ctx context.Context, stream, subject string) error {
-	s, err := c.js.Stream(ctx, c.names.Asset(stream))
+	s, err := c.stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", stream, err)
+		return err
 	}
 	if err := s.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+		c.forget(stream, err)
 		return fmt.Errorf("stream %s purge %s: %w", stream, subject, err)
 	}
 	return nil

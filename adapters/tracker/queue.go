@@ -319,7 +319,7 @@ type countsCall struct {
 }
 
 func (q *Queue) readCounts(ctx context.Context, ptype string) (map[string]uint64, error) {
-	counts, err := q.js.StreamSubjectCounts(ctx, streamReady, q.readyPrefix(ptype)+".>")
+	counts, err := q.js.SubjectCounts(ctx, streamReady, q.readyPrefix(ptype)+".>")
 	if err != nil {
 		return nil, err
 	}

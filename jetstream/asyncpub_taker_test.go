@@ -13,7 +13,7 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
-func TestStreamSubjectCounts(t *testing.T) {
+func TestSubjectCounts(t *testing.T) {
 	js := jstest.Connect(t, jstest.Server(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -26,7 +26,7 @@ func TestStreamSubjectCounts(t *testing.T) {
 		}
 	}
 	for i := 0; i < 2; i++ { // second call uses the cached handle
-		got, err := js.StreamSubjectCounts(ctx, "SC", "sc.a.>")
+		got, err := js.SubjectCounts(ctx, "SC", "sc.a.>")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +34,7 @@ func TestStreamSubjectCounts(t *testing.T) {
 			t.Fatalf("counts %v", got)
 		}
 	}
-	if _, err := js.StreamSubjectCounts(ctx, "NOPE", ">"); err == nil {
+	if _, err := js.SubjectCounts(ctx, "NOPE", ">"); err == nil {
 		t.Fatal("missing stream: no error")
 	}
 }

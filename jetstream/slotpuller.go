@@ -1,7 +1,6 @@
 package jetstream
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // SlotPuller pulls from a durable pull consumer through one long-lived inbox subscription, asking
@@ -83,14 +81,7 @@ func (p *SlotPuller) handle(m *nats.Msg) {
 	if !strings.HasPrefix(m.Reply, "$JS.ACK.") {
 		return
 	}
-	pm := &pulledMsg{m: m, nc: p.c.nc}
-	j := &Job{Msg: Msg{Subject: m.Subject, Header: m.Header, Data: m.Data, Reply: m.Reply}, c: p.c, stream: p.stream, m: pm}
-	if md, err := pm.Metadata(); err == nil {
-		j.Sequence = md.Sequence.Stream
-		j.Deliveries = md.NumDelivered
-		j.Pending = md.NumPending
-		j.Time = md.Timestamp
-	}
+	j := p.c.rawJob(p.stream, m)
 	p.onJob(j)
 }
 
@@ -103,36 +94,4 @@ func (p *SlotPuller) Close() error {
 		return fmt.Errorf("close puller %s: %w", p.stream, err)
 	}
 	return nil
-}
-
-// pulledMsg is a JetStream message received on a SlotPuller's inbox; acks go to its reply subject.
-type pulledMsg struct {
-	m  *nats.Msg
-	nc *nats.Conn
-}
-
-func (p *pulledMsg) Metadata() (*jetstream.MsgMetadata, error) {
-	md, err := p.m.Metadata()
-	if err != nil {
-		return nil, err
-	}
-	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Consumer: md.Sequence.Consumer, Stream: md.Sequence.Stream},
-		NumDelivered: md.NumDelivered, NumPending: md.NumPending, Timestamp: md.Timestamp, Stream: md.Stream,
-		Consumer: md.Consumer, Domain: md.Domain}, nil
-}
-
-func (p *pulledMsg) Data() []byte         { return p.m.Data }
-func (p *pulledMsg) Headers() nats.Header { return p.m.Header }
-func (p *pulledMsg) Subject() string      { return p.m.Subject }
-func (p *pulledMsg) Reply() string        { return p.m.Reply }
-func (p *pulledMsg) Ack() error           { return p.m.Ack() }
-func (p *pulledMsg) DoubleAck(ctx context.Context) error {
-	return p.m.AckSync(nats.Context(ctx))
-}
-func (p *pulledMsg) Nak() error                         { return p.m.Nak() }
-func (p *pulledMsg) NakWithDelay(d time.Duration) error { return p.m.NakWithDelay(d) }
-func (p *pulledMsg) InProgress() error                  { return p.m.InProgress() }
-func (p *pulledMsg) Term() error                        { return p.m.Term() }
-func (p *pulledMsg) TermWithReason(reason string) error {
-	return p.nc.Publish(p.m.Reply, []byte("+TERM "+reason))
 }

@@ -24,6 +24,8 @@ type sinkConn struct {
 	id     uint16
 	offset uint64
 	buf    []byte
+	rbuf   []byte    // read buffer, reused
+	dl     time.Time // deadline set on conn
 }
 
 func init() {
@@ -116,16 +118,20 @@ func sinkIngestSetup(ctx context.Context, h *harness) (func(context.Context, int
 		}
 		c.buf = f
 		f[0], f[1] = byte((len(f)-2)>>8), byte(len(f)-2)
-		if dl, ok := ctx.Deadline(); ok {
+		// the op's deadline (10 s from now) is applied when the one set on the socket has less
+		// than 5 s left: every exchange stays bounded without re-arming socket timers per event
+		if dl, ok := ctx.Deadline(); ok && dl.Sub(c.dl) > 5*time.Second {
+			c.dl = dl
 			_ = c.conn.SetDeadline(dl)
 		}
 		if _, err := c.conn.Write(f); err != nil {
 			return err
 		}
-		rf, err := sink.ReadFrame(c.br, nil)
+		rf, err := sink.ReadFrame(c.br, c.rbuf)
 		if err != nil {
 			return err
 		}
+		c.rbuf = rf[:0]
 		m, err := sink.Decode(rf)
 		if err != nil {
 			return err

@@ -215,11 +215,26 @@ func (s *session) readLoop() {
 	s.br = br
 	idle := s.a.cfg.Keepalive * 3 / 2
 	var buf []byte
+	var armed time.Time // the read deadline on conn is armed+idle
 	for {
-		if err := s.conn.SetReadDeadline(time.Now().Add(idle)); err != nil || s.closing.Load() {
+		// A connection silent for idle since this wait began is dropped. The deadline is moved
+		// at most every idle/16 (not once per frame); one that fires early is moved to exactly
+		// idle after the wait's start (see waitFrame).
+		wait := time.Now()
+		if wait.Sub(armed) > idle/16 {
+			if err := s.conn.SetReadDeadline(wait.Add(idle)); err != nil {
+				return
+			}
+			armed = wait
+		}
+		if s.closing.Load() {
 			return
 		}
-		f, err := ReadFrame(br, buf)
+		err := s.waitFrame(br, wait, idle, &armed)
+		var f []byte
+		if err == nil {
+			f, err = ReadFrame(br, buf)
+		}
 		if err != nil {
 			var ne net.Error
 			r, _ := s.reason.Load().(string)
@@ -241,6 +256,41 @@ func (s *session) readLoop() {
 		buf = f[:0]
 		if s.handedOff {
 			buf = nil
+		}
+	}
+}
+
+// waitFrame waits until the next frame's length and, when it fits in br, the whole frame are
+// buffered (Peek consumes nothing, so a read deadline that fires before the connection has been
+// silent for idle since wait can be moved and the wait resumed). A frame larger than br's buffer
+// is read by ReadFrame under the deadline as it is.
+func (s *session) waitFrame(br *bufio.Reader, wait time.Time, idle time.Duration, armed *time.Time) error {
+	need := 2
+	for {
+		p, err := br.Peek(need)
+		if err == nil {
+			if need > 2 {
+				return nil
+			}
+			n := 2 + (int(p[0])<<8 | int(p[1]))
+			if n == 2 || n > br.Size() {
+				return nil
+			}
+			need = n
+			continue
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil // ReadFrame meets and reports it
+		}
+		if s.closing.Load() || time.Since(wait) >= idle {
+			return err
+		}
+		if err := s.conn.SetReadDeadline(wait.Add(idle)); err != nil {
+			return err
+		}
+		*armed = wait
+		if s.closing.Load() {
+			return os.ErrDeadlineExceeded
 		}
 	}
 }

@@ -71,7 +71,9 @@ func addServe(cmd *cobra.Command, api *adminClient, isRoot bool) {
 		if err := bridge.ApplyEnvAndFile(cmd.Flags(), configFile); err != nil {
 			return err
 		}
-		cfg.AdminToken = api.token
+		if cfg.AdminToken == "" {
+			cfg.AdminToken = api.token
+		}
 		return serve(cmd, cfg, adapters)
 	}
 }

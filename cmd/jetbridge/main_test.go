@@ -150,3 +150,58 @@ func TestUsageErrorsExitNonZero(t *testing.T) {
 		t.Fatalf("want a durability error, got %v: %s", err, out)
 	}
 }
+
+func TestAdminTokenFromEnvironment(t *testing.T) {
+	args := []string{"--data", t.TempDir(), "--nats-listen", "off", "--nats-monitor-listen", "off", "--admin-listen", "0.0.0.0:0"}
+	for _, f := range []string{"tracker-listen", "gilmour-listen", "sink-listen", "zerotask-listen", "zerotask-pub-listen",
+		"eventmq-frontend", "eventmq-backend", "eventmq-admin", "eventmq-pub-in", "eventmq-pub-out"} {
+		args = append(args, "--"+f, "off")
+	}
+	cmd := jetbridgeCmd(t, args...)
+	cmd.Env = append(cmd.Env, "JETBRIDGE_ADMIN_TOKEN=from-env")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	admin := ""
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 5 && f[1] == "admin" {
+			admin = f[4]
+		}
+		if strings.Contains(sc.Text(), " ready ") {
+			break
+		}
+	}
+	if admin == "" {
+		t.Fatal("no admin line: the token from JETBRIDGE_ADMIN_TOKEN was not used")
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	_, port, _ := strings.Cut(admin, "]:")
+	if port == "" {
+		_, port, _ = strings.Cut(admin, ":")
+	}
+	for token, want := range map[string]int{"": 401, "from-env": 200} {
+		req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+"/api/v1/status", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("token %q: %d, want %d", token, resp.StatusCode, want)
+		}
+	}
+}

@@ -328,3 +328,56 @@ func DecodeBase85(s string) ([]byte, error) {
 	}
 	return out[:len(out)-pad], nil
 }
+
+// AppendEvent appends e encoded exactly as json.Marshal encodes it, without reflection (an event
+// goes out on every item change). Strings that need escaping and unusual numbers take
+// json.Marshal's own path.
+func AppendEvent(b []byte, e *Event) []byte {
+	b = append(b, `{"event":`...)
+	b = appendJSONString(b, e.Event)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, e.ID)
+	b = append(b, `,"item":`...)
+	b = appendJSONString(b, e.Item)
+	b = append(b, `,"pipeline_type":`...)
+	b = appendJSONString(b, e.PipelineType)
+	b = append(b, `,"status":`...)
+	b = appendJSONString(b, e.Status)
+	if e.Attempt != nil {
+		b = append(b, `,"attempt":`...)
+		b = strconv.AppendInt(b, int64(*e.Attempt), 10)
+	}
+	if e.Pipeline != "" {
+		b = append(b, `,"pipeline":`...)
+		b = appendJSONString(b, e.Pipeline)
+	}
+	if e.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendJSONString(b, e.Reason)
+	}
+	b = append(b, `,"time":`...)
+	if f := math.Abs(e.Time); f == 0 || (f >= 1e-6 && f < 1e21) {
+		b = strconv.AppendFloat(b, e.Time, 'f', -1, 64)
+	} else {
+		v, err := json.Marshal(e.Time)
+		if err != nil { // NaN or Inf cannot be JSON
+			v = []byte("0")
+		}
+		b = append(b, v...)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string: plain printable ASCII directly, anything else as
+// json.Marshal writes it (HTML-safe escapes, invalid UTF-8 replaced).
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			v, _ := json.Marshal(s)
+			return append(b, v...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}

@@ -3,9 +3,12 @@ package tracker
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/jetbridge/jetbridge/schemas"
 )
 
 // golden are the request frames of the spec §8 plus the hello, as the reference client sends them.
@@ -267,4 +270,52 @@ func TestPeekRecord(t *testing.T) {
 	if got := peekRecord(b); got.Status != StatusTodo {
 		t.Fatalf("todo: %+v", got)
 	}
+}
+
+// eventCases are events whose encoding must equal json.Marshal's, byte for byte.
+func eventCases() []Event {
+	one, zero := 1, 0
+	return []Event{
+		{Event: "queued", ID: "0b9d7a3e-5d1f-4c4e-9a55-3f1d2f1c6a01", Item: "https://example.com/x?a=1&b=<2>", PipelineType: "archivebot", Status: "todo", Time: 1763789012.123456},
+		{Event: "claimed", ID: "id", Item: "plain", PipelineType: "t", Status: "claimed", Attempt: &zero, Pipeline: "p1", Time: 1763789012},
+		{Event: "failed", ID: "id", Item: "ünïcode \u2028 \"q\" \\ \t\n", PipelineType: "t", Status: "todo", Attempt: &one, Pipeline: "p", Reason: "bad \x00 \xff", Time: 1e-7},
+		{Event: "done", Time: 1e21},
+		{Event: "done", Time: -3.5},
+		{},
+	}
+}
+
+func TestAppendEventMatchesJSON(t *testing.T) {
+	for i, e := range eventCases() {
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendEvent(nil, &e); string(got) != string(want) {
+			t.Errorf("case %d:\n got %s\nwant %s", i, got, want)
+		}
+		if err := schemas.Validate("tracker/item-event.json", AppendEvent(nil, &e)); err != nil && i < 2 {
+			t.Errorf("case %d: schema: %v", i, err)
+		}
+	}
+}
+
+func FuzzAppendEvent(f *testing.F) {
+	for _, e := range eventCases() {
+		f.Add(e.Event, e.ID, e.Item, e.Reason, e.Time, e.Attempt != nil)
+	}
+	f.Fuzz(func(t *testing.T, ev, id, item, reason string, tm float64, hasAttempt bool) {
+		if math.IsNaN(tm) || math.IsInf(tm, 0) {
+			return
+		}
+		e := Event{Event: ev, ID: id, Item: item, PipelineType: item, Status: ev, Reason: reason, Pipeline: id, Time: tm}
+		if hasAttempt {
+			n := len(item)
+			e.Attempt = &n
+		}
+		want, _ := json.Marshal(e)
+		if got := AppendEvent(nil, &e); string(got) != string(want) {
+			t.Fatalf("got %s want %s", got, want)
+		}
+	})
 }

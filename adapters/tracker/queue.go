@@ -383,7 +383,7 @@ func (q *Queue) event(r *Record, ev, pipeline, reason string, attempt int) {
 		a := attempt
 		e.Attempt = &a
 	}
-	b, _ := json.Marshal(e)
+	b := AppendEvent(make([]byte, 0, 256), &e)
 	if err := q.js.PublishCore(q.eventSubject(r.PipelineType, ev), b, nil); err != nil {
 		q.log.Debug("item event", "id", r.ID, "event", ev, "err", err)
 	}

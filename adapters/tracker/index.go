@@ -65,13 +65,105 @@ type claimIndex struct {
 	todoRing []string
 	todoNext int
 	seen     uint64 // highest revision the watch delivered (revisions are bucket-wide)
-	ready    chan struct{}
-	once     sync.Once
+	// pending counts this pod's record writes in flight per item; the watch sets aside what it
+	// delivers for such an item (latest revision only) until the writes are answered, so that
+	// this pod's own writes are indexed from the record it wrote, never decoded again.
+	pending  map[string]int
+	deferred map[string]watched
+	// expect holds revisions this pod wrote that the watch has yet to deliver (skipped then)
+	expect map[string]uint64
+	ready  chan struct{}
+	once   sync.Once
 }
 
 func newClaimIndex() *claimIndex {
 	return &claimIndex{m: map[string]*claimInfo{}, byPipe: map[string]map[string]struct{}{},
-		revs: map[string]uint64{}, ready: make(chan struct{}), todo: map[string]cachedVal{}, todoRing: make([]string, todoCacheSize)}
+		revs: map[string]uint64{}, ready: make(chan struct{}), todo: map[string]cachedVal{}, todoRing: make([]string, todoCacheSize),
+		pending: map[string]int{}, deferred: map[string]watched{}, expect: map[string]uint64{}}
+}
+
+// watched is a watch delivery set aside while this pod writes the same item.
+type watched struct {
+	rev     uint64
+	val     []byte
+	deleted bool
+}
+
+// begin notes a write of item id by this pod; every begin is followed by one end.
+func (x *claimIndex) begin(id string) {
+	x.mu.Lock()
+	x.pending[id]++
+	x.mu.Unlock()
+}
+
+// end closes a write begun with begin: ok says whether it was stored as revision rev (val, the
+// full record r). A delivery the watch set aside meanwhile is dropped when it is this write
+// or an older one, and applied when it is newer (once no write of the item is in flight).
+func (x *claimIndex) end(id string, ok bool, rev uint64, val []byte, r *Record) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := x.pending[id] - 1
+	if n <= 0 {
+		delete(x.pending, id)
+	} else {
+		x.pending[id] = n
+	}
+	d, hasD := x.deferred[id]
+	if ok && hasD && d.rev <= rev {
+		// the watch has not applied rev (it set it aside, or has not got there yet)
+		delete(x.deferred, id)
+		x.applyLocked(id, rev, val, r, false, true)
+		if rev > x.seen {
+			x.expect[id] = rev
+		}
+		return
+	}
+	if ok && !hasD {
+		x.applyLocked(id, rev, val, r, false, false)
+	}
+	if ok && rev > x.seen {
+		x.expect[id] = rev
+	}
+	if hasD && n <= 0 {
+		delete(x.deferred, id)
+		x.applyWatchedLocked(id, d)
+	}
+}
+
+// observe takes a watch delivery that needs no decoding: a revision this pod already indexed, or
+// one of an item this pod is writing (set aside for end). false: the caller applies it.
+func (x *claimIndex) observe(id string, rev uint64, val []byte, deleted bool) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seen = max(x.seen, rev)
+	if x.pending[id] > 0 {
+		if d, ok := x.deferred[id]; !ok || d.rev < rev {
+			x.deferred[id] = watched{rev: rev, val: val, deleted: deleted}
+		}
+		return true
+	}
+	if exp, ok := x.expect[id]; ok && rev >= exp {
+		delete(x.expect, id)
+		if rev == exp {
+			return true
+		}
+	}
+	if deleted {
+		return false
+	}
+	if last, ok := x.revs[id]; ok && last >= rev {
+		return true
+	}
+	c, ok := x.todo[id]
+	return ok && c.rev >= rev
+}
+
+func (x *claimIndex) applyWatchedLocked(id string, d watched) {
+	if d.deleted {
+		x.applyLocked(id, d.rev, nil, nil, true, false)
+		return
+	}
+	x.applyLocked(id, d.rev, d.val, peekRecord(d.val), true, false)
 }
 
 func (x *claimIndex) removeLocked(id string) {
@@ -126,19 +218,6 @@ func (x *claimIndex) todoValue(id string) (cachedVal, bool) {
 	return c, ok
 }
 
-// known reports whether the index already holds revision rev of an item (this pod wrote it), so
-// that the watch need not look at the value again.
-func (x *claimIndex) known(id string, rev uint64) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.seen = max(x.seen, rev)
-	if last, ok := x.revs[id]; ok && last >= rev {
-		return true
-	}
-	c, ok := x.todo[id]
-	return ok && c.rev >= rev
-}
-
 // apply records a new revision of an item (r nil = deleted). Watch updates come in revision
 // order; a local update (fromWatch false) is ignored when the watch has already gone past it. A
 // local update's r is the full record (kept, read-only); a watch update's is only what
@@ -146,11 +225,17 @@ func (x *claimIndex) known(id string, rev uint64) bool {
 func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWatch bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.applyLocked(id, rev, val, r, fromWatch, false)
+}
+
+// applyLocked is apply with x.mu held; unseen says that the watch has not applied rev even if
+// it went past it (it set it aside for end).
+func (x *claimIndex) applyLocked(id string, rev uint64, val []byte, r *Record, fromWatch, unseen bool) {
 	full := r
 	if fromWatch {
 		x.seen = max(x.seen, rev)
 		full = nil
-	} else if rev <= x.seen {
+	} else if rev <= x.seen && !unseen {
 		// the watch got there first: keep the decoded record if the index holds this revision
 		if c, ok := x.m[id]; ok && c.rev == rev && c.val != nil && c.rec == nil {
 			c.rec = r
@@ -188,10 +273,6 @@ func (x *claimIndex) apply(id string, rev uint64, val []byte, r *Record, fromWat
 		x.byPipe[c.pipeline] = s
 	}
 	s[id] = struct{}{}
-}
-
-func (x *claimIndex) put(id string, r *Record, rev uint64, val []byte) {
-	x.apply(id, rev, val, r, false)
 }
 
 // cached returns the last known value of a claimed item.
@@ -259,6 +340,9 @@ func (x *claimIndex) markReady() { x.once.Do(func() { close(x.ready) }) }
 // watch feeds the index from the items bucket until ctx ends (restarting the watch if it breaks).
 func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(error)) {
 	for ctx.Err() == nil {
+		x.mu.Lock()
+		clear(x.expect) // a new watch starts over with every item's latest value
+		x.mu.Unlock()
 		ch, err := items.Watch(ctx, ">", true)
 		if err != nil {
 			onErr(err)
@@ -274,12 +358,12 @@ func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(
 				x.markReady()
 				continue
 			}
+			if x.observe(e.Key, e.Revision, e.Value, e.Deleted) {
+				continue // this pod's own write: indexed from the record it wrote
+			}
 			if e.Deleted {
 				x.apply(e.Key, e.Revision, nil, nil, true)
 				continue
-			}
-			if x.known(e.Key, e.Revision) {
-				continue // this pod's own write, indexed when it was acknowledged
 			}
 			x.apply(e.Key, e.Revision, e.Value, peekRecord(e.Value), true)
 		}

@@ -428,10 +428,13 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		if err = q.publishStashToken(ctx, r); err != nil {
 			return "", false, err
 		}
+		q.index.begin(id)
 		rev, err = q.items.Create(ctx, id, b, 0)
 	} else {
+		q.index.begin(id)
 		rev, err = q.createWithToken(ctx, r, b)
 	}
+	q.index.end(id, err == nil, rev, b, r)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			// the token we published is a harmless duplicate
@@ -442,7 +445,6 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		}
 		return "", false, fmt.Errorf("enqueue %s: %w", id, err)
 	}
-	q.index.put(id, r, rev, b)
 	if r.Status == StatusStashed {
 		q.event(r, "stashed", "", "", -1)
 	} else {
@@ -630,7 +632,9 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 			}
 		}
 		b, _ := json.Marshal(next)
+		q.index.begin(id)
 		nrev, err := q.items.WriteLean(ctx, id, b, rev, 0)
+		q.index.end(id, err == nil, nrev, b, next)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConflict) {
 				q.index.forget(id, rev)
@@ -641,7 +645,6 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 			}
 			return nil, fmt.Errorf("update item %s: %w", id, err)
 		}
-		q.index.put(id, next, nrev, b)
 		for _, ev := range eff.events {
 			q.event(next, ev, eff.pipeline, eff.reason, eff.attempt)
 		}
@@ -908,9 +911,10 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		next.Claim = &Claim{Pipeline: pipeline, Attempt: len(next.Attempts) - 1,
 			LeaseUntil: epoch(now.Add(time.Duration(cfg.Lease))), Pod: q.pod}
 		b, _ := json.Marshal(next)
+		q.index.begin(tok.ID)
 		rev, uerr := q.items.WriteLean(ctx, tok.ID, b, ent.Revision, 0)
+		q.index.end(tok.ID, uerr == nil, rev, b, next)
 		if uerr == nil {
-			q.index.put(tok.ID, next, rev, b)
 			_ = job.AckAsync()
 			q.event(next, "claimed", pipeline, "", next.Claim.Attempt)
 			return next, nil

@@ -79,6 +79,8 @@ type Broker struct {
 
 	// fetched queues results to mark fetched (their expiry starts) off the reply path.
 	fetched chan fetchItem
+	// creates hands record writes of client_new_task to idle helpers (unbuffered).
+	creates chan *createJob
 
 	mu     sync.Mutex
 	evSubj sync.Map               // event → subject
@@ -115,7 +117,7 @@ func newBroker(cfg Config, js *jetstream.Client, log *slog.Logger, pod string, m
 		connected:  func(string) bool { return false },
 		reannounce: func() {},
 		conns:      map[string]*connState{}, nodeL: map[string]*localEntry{}, cliL: map[string]*localEntry{},
-		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096),
+		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096), creates: make(chan *createJob),
 		held: map[string]*jetstream.Job{}, done: map[string]struct{}{}}
 }
 
@@ -360,7 +362,9 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	// stopped after the record; a message whose record was never stored is dropped by the
 	// watchdog, as is one re-sent for a finished task.
 	k := key(t.ID)
-	rev, perr, err := b.createAndQueue(ctx, k, rec, b.queueSubject(method, t.ID), encodeQueueMsg(&t))
+	job := b.startCreate(ctx, k, rec)
+	_, perr := b.js.PublishExpect(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), 0, 0)
+	rev, err := job.wait()
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			// The publish beside it queued the task again if its message was missing.
@@ -381,39 +385,14 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	return t.ID, nil
 }
 
-// createAndQueue sends the new record (expecting no value under its key) and the queue message
-// (expecting an empty subject) together without waiting in between, then waits for both
-// acknowledgements. A key that has a value (a duplicate, or the delete marker of an expired task)
-// goes through Create, which tells them apart. err is the record's outcome, perr the queue
-// message's.
-func (b *Broker) createAndQueue(ctx context.Context, k string, rec []byte, subj string, qmsg []byte) (rev uint64, perr, err error) {
-	cf, err := b.tasks.CreateAsync(k, rec)
-	if err != nil {
-		rev, err = b.createRecord(ctx, k, rec)
-		_, perr = b.js.PublishExpect(ctx, subj, qmsg, 0, 0)
-		return rev, perr, err
-	}
-	pf, perr := b.js.PublishAsync(subj, qmsg, jetstream.PubOpts{ExpectSubjectEmpty: true})
-	ack, err := cf.Wait(ctx)
-	rev = ack.Sequence
-	if errors.Is(err, jetstream.ErrExists) {
-		rev, err = b.tasks.Create(ctx, k, rec, 0)
-	} else if err != nil && isNoResponders(err) {
-		rev, err = b.createRecord(ctx, k, rec)
-	}
-	if perr == nil {
-		_, perr = pf.Wait(ctx)
-	}
-	if perr != nil && isNoResponders(perr) {
-		_, perr = b.js.PublishExpect(ctx, subj, qmsg, 0, 0)
-	}
-	return rev, perr, err
-}
-
-// isNoResponders: the stream was not reachable for a moment (an async publish is not retried;
-// the synchronous path is).
-func isNoResponders(err error) bool {
-	return strings.Contains(err.Error(), "no responders")
+// createJob is the record write of one client_new_task, run beside its queue publish.
+type createJob struct {
+	ctx  context.Context
+	key  string
+	rec  []byte
+	rev  uint64
+	err  error
+	done chan struct{}
 }
 
 // createRecord stores a new task record: one lean write expecting no value; a key that has one (a
@@ -424,6 +403,44 @@ func (b *Broker) createRecord(ctx context.Context, k string, rec []byte) (uint64
 		rev, err = b.tasks.Create(ctx, k, rec, 0)
 	}
 	return rev, err
+}
+
+// startCreate hands the record write to an idle helper (runCreators), or runs it now when none is
+// idle.
+func (b *Broker) startCreate(ctx context.Context, k string, rec []byte) *createJob {
+	j := &createJob{ctx: ctx, key: k, rec: rec, done: make(chan struct{})}
+	select {
+	case b.creates <- j:
+	default:
+		j.rev, j.err = b.createRecord(ctx, k, rec)
+		close(j.done)
+	}
+	return j
+}
+
+func (j *createJob) wait() (uint64, error) {
+	<-j.done
+	return j.rev, j.err
+}
+
+// runCreators runs n helpers for startCreate until ctx ends (long-lived, so that a submission
+// costs neither a goroutine nor its stack growth).
+func (b *Broker) runCreators(ctx context.Context, n int, wg *sync.WaitGroup) {
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-b.creates:
+					j.rev, j.err = b.createRecord(j.ctx, j.key, j.rec)
+					close(j.done)
+				}
+			}
+		}()
+	}
 }
 
 // clientTask reads a client's task by full id (a short id is invalid, as the original).

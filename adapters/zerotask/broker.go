@@ -536,51 +536,7 @@ func (b *Broker) runFetched(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case it := <-b.fetched:
-			batch := append(make([]fetchItem, 0, fetchBatch), it)
-		more:
-			for len(batch) < fetchBatch {
-				select {
-				case it := <-b.fetched:
-					batch = append(batch, it)
-				default:
-					break more
-				}
-			}
-			b.markFetchedBatch(ctx, batch)
-		}
-	}
-}
-
-// fetchBatch bounds the fetched marks sent before their acknowledgements are awaited.
-const fetchBatch = 64
-
-// markFetchedBatch sends the fetched marks of a batch as async CAS writes, then waits for them;
-// one that lost its CAS (or could not be sent) goes through markFetched, which re-reads.
-func (b *Broker) markFetchedBatch(ctx context.Context, batch []fetchItem) {
-	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	futures := make([]*jetstream.PubFuture, len(batch))
-	prefix := "$KV." + b.js.Names().Asset(bucketTasks) + "."
-	for i, it := range batch {
-		now := time.Now().UTC()
-		nt := *it.t
-		nt.Fetched, nt.Updated = &now, now
-		data, err := encodeTask(&nt)
-		if err != nil {
-			continue
-		}
-		futures[i], _ = b.js.PublishAsync(prefix+key(it.t.ID), data,
-			jetstream.PubOpts{ExpectLastSubjectSeq: it.rev, TTL: b.cfg.ResultTTL})
-	}
-	for i, it := range batch {
-		if f := futures[i]; f != nil {
-			if _, err := f.Wait(mctx); err == nil {
-				b.cache.drop(it.t.ID)
-				continue
-			}
-		}
-		if err := b.markFetched(mctx, it.t, it.rev); err != nil && ctx.Err() == nil {
-			b.log.Warn("zerotask: mark result fetched", "task", it.t.ID, "err", err)
+			b.markFetchedLogged(ctx, it)
 		}
 	}
 }

@@ -125,25 +125,10 @@ func (c *Consumer) FetchNoWait(max int) ([]*Job, error) {
 
 // Consume keeps pull requests open and calls fn for each job on one goroutine (buffer is how many
 // messages are pulled ahead; 0 means 1, i.e. no read-ahead). Stop it with the returned function,
-// which waits until fn is no longer running.
+// which waits until fn is no longer running; messages still in the read-ahead buffer are left
+// leased until their AckWait runs out (see ConsumeDrain).
 func (c *Consumer) Consume(fn func(*Job), buffer int) (stop func(), err error) {
-	if buffer <= 0 {
-		buffer = 1
-	}
-	cc, err := c.cons.Consume(func(m jetstream.Msg) { fn(c.wrap(m)) },
-		jetstream.PullMaxMessages(buffer),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if !errors.Is(err, nats.ErrConnectionClosed) {
-				c.c.log.Debug("consume", "consumer", c.name, "err", err)
-			}
-		}))
-	if err != nil {
-		return nil, fmt.Errorf("consume %s/%s: %w", c.stream, c.name, err)
-	}
-	return func() {
-		cc.Stop()
-		<-cc.Closed()
-	}, nil
+	return c.consume(fn, buffer, false)
 }
 
 // ConsumeDrain is Consume whose stop function drains instead of discarding: messages already
@@ -152,6 +137,10 @@ func (c *Consumer) Consume(fn func(*Job), buffer int) (stop func(), err error) {
 // returns, the pull subscription is gone from the server (messages given back afterwards are not
 // redelivered to it).
 func (c *Consumer) ConsumeDrain(fn func(*Job), buffer int) (stop func(), err error) {
+	return c.consume(fn, buffer, true)
+}
+
+func (c *Consumer) consume(fn func(*Job), buffer int, drain bool) (stop func(), err error) {
 	if buffer <= 0 {
 		buffer = 1
 	}
@@ -166,7 +155,11 @@ func (c *Consumer) ConsumeDrain(fn func(*Job), buffer int) (stop func(), err err
 		return nil, fmt.Errorf("consume %s/%s: %w", c.stream, c.name, err)
 	}
 	return func() {
-		cc.Drain()
+		if drain {
+			cc.Drain()
+		} else {
+			cc.Stop()
+		}
 		<-cc.Closed()
 	}, nil
 }

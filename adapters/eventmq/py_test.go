@@ -4,9 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
+	"github.com/jetbridge/jetbridge/adapters/zmtp/zmtptest"
 	"io"
-	"os"
 	"os/exec"
 	"sync"
 	"testing"
@@ -15,28 +14,11 @@ import (
 
 // Interop with real libzmq peers through Debian's python3-zmq (testdata/peers.py).
 
-const python = "/usr/bin/python3"
-
-var (
-	pyOnce sync.Once
-	pyErr  error
-)
+const python = zmtptest.Python
 
 func requirePyzmq(t testing.TB) {
 	t.Helper()
-	pyOnce.Do(func() {
-		out, err := exec.Command(python, "-c", "import zmq").CombinedOutput()
-		if err != nil {
-			pyErr = fmt.Errorf("%s -c 'import zmq': %v: %s", python, err, bytes.TrimSpace(out))
-		}
-	})
-	if pyErr != nil {
-		msg := fmt.Sprintf("!!! EventMQ libzmq interop NOT TESTED: %v (install Debian's python3-zmq) !!!", pyErr)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	zmtptest.RequirePyzmq(t, "EventMQ libzmq interop")
 }
 
 type pyPeers struct {

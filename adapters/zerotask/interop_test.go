@@ -8,8 +8,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/jetbridge/jetbridge/adapters/zmtp/zmtptest"
 	"io"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -20,29 +20,11 @@ import (
 	"github.com/jetbridge/jetbridge/jetstream/jstest"
 )
 
-const python = "/usr/bin/python3"
+const python = zmtptest.Python
 
-var (
-	pyOnce sync.Once
-	pyErr  error
-)
-
-// requirePyzmq skips (or, when $CI is set, fails) without python3-zmq.
 func requirePyzmq(t testing.TB) {
 	t.Helper()
-	pyOnce.Do(func() {
-		out, err := exec.Command(python, "-c", "import zmq").CombinedOutput()
-		if err != nil {
-			pyErr = fmt.Errorf("%s -c 'import zmq': %v: %s", python, err, bytes.TrimSpace(out))
-		}
-	})
-	if pyErr != nil {
-		msg := fmt.Sprintf("!!! zerotask pyzmq/libzmq interop NOT TESTED: %v (install Debian's python3-zmq) !!!", pyErr)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	zmtptest.RequirePyzmq(t, "zerotask pyzmq/libzmq interop")
 }
 
 // py is one Python process holding libzmq sockets (testdata/driver.py).

@@ -8,8 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jetbridge/jetbridge/adapters/zmtp/zmtptest"
 	"io"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -21,29 +21,11 @@ import (
 
 // Interop tests against real libzmq through Debian's python3-zmq.
 
-const python = "/usr/bin/python3"
+const python = zmtptest.Python
 
-var (
-	pyOnce sync.Once
-	pyErr  error
-)
-
-// requirePyzmq skips (or, when $CI is set, fails) without python3-zmq.
 func requirePyzmq(t testing.TB) {
 	t.Helper()
-	pyOnce.Do(func() {
-		out, err := exec.Command(python, "-c", "import zmq; assert zmq.zmq_version_info() >= (4, 2)").CombinedOutput()
-		if err != nil {
-			pyErr = fmt.Errorf("%s -c 'import zmq': %v: %s", python, err, bytes.TrimSpace(out))
-		}
-	})
-	if pyErr != nil {
-		msg := fmt.Sprintf("!!! pyzmq/libzmq interop NOT TESTED: %v (install Debian's python3-zmq) !!!", pyErr)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	zmtptest.RequirePyzmq(t, "pyzmq/libzmq interop")
 }
 
 type pyDriver struct {

@@ -235,10 +235,16 @@ func TestTwoExternalPodsStartTogetherAndSurviveANATSOutage(t *testing.T) {
 		waitReady(t, p, 200)
 	}
 	nc := jstest.ConnectURL(t, "nats://"+addr, "", 1)
-	streams, _ := nc.ListStreams(context.Background())
-	if !contains(streams, "SHARED_ECHO") {
-		t.Fatalf("prefixed stream missing: %v", streams)
-	}
+	jstest.Eventually(t, 10*time.Second, func() error {
+		streams, err := nc.ListStreams(context.Background())
+		if err != nil {
+			return err
+		}
+		if !contains(streams, "SHARED_ECHO") {
+			return fmt.Errorf("prefixed stream missing: %v", streams)
+		}
+		return nil
+	})
 	srv.Shutdown()
 	body := waitReady(t, pods[0], 503)
 	if body["reason"] == "" || body["reason"] == nil {

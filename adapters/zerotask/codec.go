@@ -341,35 +341,7 @@ func marshal(v any) ([]byte, error) {
 // other whitespace, so replies look like the original broker's. Input that is not valid JSON is
 // returned unchanged.
 func Pythonize(in []byte) []byte {
-	out := make([]byte, 0, len(in)+len(in)/8)
-	inStr, esc := false, false
-	for _, c := range in {
-		if inStr {
-			out = append(out, c)
-			switch {
-			case esc:
-				esc = false
-			case c == '\\':
-				esc = true
-			case c == '"':
-				inStr = false
-			}
-			continue
-		}
-		switch c {
-		case ' ', '\t', '\r', '\n':
-		case '"':
-			inStr = true
-			out = append(out, c)
-		case ',':
-			out = append(out, ',', ' ')
-		case ':':
-			out = append(out, ':', ' ')
-		default:
-			out = append(out, c)
-		}
-	}
-	return out
+	return appendPython(make([]byte, 0, len(in)+len(in)/8), in)
 }
 
 // args binds positional or named params to parameter names. Named params must use those names

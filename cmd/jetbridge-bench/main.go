@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -92,6 +93,7 @@ func run(args []string, out io.Writer) error {
 	list := fs.Bool("list", false, "list scenarios")
 	rounds := fs.Int("rounds", 1, "alternating rounds of scenario and baseline; the median round of each is reported")
 	podFlags := fs.String("pod-flags", "", `extra flags for the pod, e.g. "--durability strict"`)
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the scenario rounds (not the baseline) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -130,8 +132,24 @@ func run(args []string, out io.Writer) error {
 	// Rounds alternate scenario and baseline so that both get the same share of a noisy machine;
 	// the report gives the median round of each.
 	var mine, theirs []Result
+	var prof *os.File
+	if *cpuProfile != "" {
+		if prof, err = os.Create(*cpuProfile); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer prof.Close()
+	}
 	for r := 0; r < *rounds; r++ {
+		if prof != nil {
+			if err := pprof.StartCPUProfile(prof); err != nil {
+				return fmt.Errorf("cpu profile: %w", err)
+			}
+		}
 		res, err := measure(h, sc, *duration)
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof = nil // one round is profiled
+		}
 		if err != nil {
 			return err
 		}

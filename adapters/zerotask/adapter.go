@@ -26,10 +26,6 @@ import (
 
 const protocol = "zerotask"
 
-// createHelpers write new task records beside their queue publish (beyond them, a submission
-// writes both in turn).
-const createHelpers = 32
-
 // Adapter is the ZeroTask protocol adapter.
 type Adapter struct {
 	cfg         Config
@@ -165,7 +161,6 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	if env.Admin != nil {
 		a.routes(env.Admin)
 	}
-	a.b.runCreators(a.ctx, createHelpers, &a.wg)
 	a.loop(a.cfg.NodeTimeout/4, a.b.refresh)
 	a.loop(a.cfg.NodeTimeout/2, a.b.sweep)
 	a.wg.Add(2)
@@ -503,5 +498,6 @@ func (a *Adapter) shutdown() {
 		a.draining = true
 		a.drainMu.Unlock()
 		a.reqWG.Wait()
+		a.b.close()
 	})
 }

@@ -77,10 +77,16 @@ type Broker struct {
 	// reannounce asks for the waiting tasks to be announced again (a node just connected).
 	reannounce func()
 
-	// fetched queues results to mark fetched (their expiry starts) off the reply path.
-	fetched chan fetchItem
-	// creates hands record writes of client_new_task to idle helpers (unbuffered).
-	creates chan *createJob
+	// pipe sends the writes that may be in flight together (JetStream acknowledgements parsed
+	// by hand).
+	pipe *jetstream.Pipeline
+	// fetched queues results to mark fetched (their expiry starts) off the reply path; the marks
+	// are pipelined (at most maxMarks in flight) and one that lost its condition is retried on
+	// refetch.
+	fetched   chan fetchItem
+	refetch   chan fetchItem
+	markSlots chan struct{}
+	marks     sync.WaitGroup
 
 	mu     sync.Mutex
 	evSubj sync.Map               // event → subject
@@ -117,7 +123,8 @@ func newBroker(cfg Config, js *jetstream.Client, log *slog.Logger, pod string, m
 		connected:  func(string) bool { return false },
 		reannounce: func() {},
 		conns:      map[string]*connState{}, nodeL: map[string]*localEntry{}, cliL: map[string]*localEntry{},
-		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096), creates: make(chan *createJob),
+		cache: taskCache{max: 100000, m: map[string]cachedTask{}}, fetched: make(chan fetchItem, 4096),
+		refetch: make(chan fetchItem, 1024), markSlots: make(chan struct{}, maxMarks),
 		held: map[string]*jetstream.Job{}, done: map[string]struct{}{}}
 }
 
@@ -129,8 +136,18 @@ func (b *Broker) open(ctx context.Context) error {
 	if b.nodes, err = b.js.KV(ctx, bucketNodes); err != nil {
 		return err
 	}
-	b.clients, err = b.js.KV(ctx, bucketClient)
+	if b.clients, err = b.js.KV(ctx, bucketClient); err != nil {
+		return err
+	}
+	b.pipe, err = b.js.NewPipeline(30 * time.Second)
 	return err
+}
+
+// close stops what open started.
+func (b *Broker) close() {
+	if b.pipe != nil {
+		b.pipe.Close()
+	}
 }
 
 // queueSubject is the work-queue subject of one task: zerotask.queue.<method>.<task key>.
@@ -356,15 +373,13 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	if err != nil {
 		return nil, rpcErr(CodeInvalidParams)
 	}
-	// The record and the queue message are written at once (the record on a helper goroutine);
-	// both are stored before the reply. The queue message goes only to an empty subject, so a
-	// retried submission of an unfinished task adds none, and requeues one whose first attempt
-	// stopped after the record; a message whose record was never stored is dropped by the
-	// watchdog, as is one re-sent for a finished task.
+	// The record and the queue message are sent at once (pipelined) and both are stored before
+	// the reply. The queue message goes only to an empty subject, so a retried submission of an
+	// unfinished task adds none, and requeues one whose first attempt stopped after the record; a
+	// message whose record was never stored is dropped by the watchdog, as is one re-sent for a
+	// finished task.
 	k := key(t.ID)
-	job := b.startCreate(ctx, k, rec)
-	_, perr := b.js.PublishExpect(ctx, b.queueSubject(method, t.ID), encodeQueueMsg(&t), 0, 0)
-	rev, err := job.wait()
+	rev, err, perr := b.writeNew(ctx, k, rec, b.queueSubject(method, t.ID), encodeQueueMsg(&t))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			// The publish beside it queued the task again if its message was missing.
@@ -385,62 +400,26 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	return t.ID, nil
 }
 
-// createJob is the record write of one client_new_task, run beside its queue publish.
-type createJob struct {
-	ctx  context.Context
-	key  string
-	rec  []byte
-	rev  uint64
-	err  error
-	done chan struct{}
-}
-
-// createRecord stores a new task record: one lean write expecting no value; a key that has one (a
-// duplicate, or the delete marker of an expired task) goes through Create, which tells them apart.
-func (b *Broker) createRecord(ctx context.Context, k string, rec []byte) (uint64, error) {
-	rev, err := b.tasks.WriteLean(ctx, k, rec, 0, 0)
-	if errors.Is(err, jetstream.ErrConflict) {
-		rev, err = b.tasks.Create(ctx, k, rec, 0)
+// writeNew stores a new task's record and its queue message, both sent before waiting for
+// either acknowledgement. The record is one lean write expecting no value; a key that has one (a
+// duplicate, or the delete marker of an expired task) goes through Create, which tells them
+// apart. It returns the record's revision, the record's error and the queue message's.
+func (b *Broker) writeNew(ctx context.Context, k string, rec []byte, qsubj string, qmsg []byte) (uint64, error, error) {
+	rp, rerr := b.pipe.KVWrite(b.tasks, k, rec, 0, 0, nil)
+	qp, perr := b.pipe.PublishExpect(qsubj, qmsg, 0, 0, nil)
+	var rev uint64
+	if rerr == nil {
+		var ack jetstream.PubAck
+		ack, rerr = rp.Wait(ctx)
+		rev = ack.Sequence
 	}
-	return rev, err
-}
-
-// startCreate hands the record write to an idle helper (runCreators), or runs it now when none is
-// idle.
-func (b *Broker) startCreate(ctx context.Context, k string, rec []byte) *createJob {
-	j := &createJob{ctx: ctx, key: k, rec: rec, done: make(chan struct{})}
-	select {
-	case b.creates <- j:
-	default:
-		j.rev, j.err = b.createRecord(ctx, k, rec)
-		close(j.done)
+	if perr == nil {
+		_, perr = qp.Wait(ctx)
 	}
-	return j
-}
-
-func (j *createJob) wait() (uint64, error) {
-	<-j.done
-	return j.rev, j.err
-}
-
-// runCreators runs n helpers for startCreate until ctx ends (long-lived, so that a submission
-// costs neither a goroutine nor its stack growth).
-func (b *Broker) runCreators(ctx context.Context, n int, wg *sync.WaitGroup) {
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case j := <-b.creates:
-					j.rev, j.err = b.createRecord(j.ctx, j.key, j.rec)
-					close(j.done)
-				}
-			}
-		}()
+	if errors.Is(rerr, jetstream.ErrConflict) {
+		rev, rerr = b.tasks.Create(ctx, k, rec, 0)
 	}
+	return rev, rerr, perr
 }
 
 // clientTask reads a client's task by full id (a short id is invalid, as the original).
@@ -529,23 +508,87 @@ type fetchItem struct {
 	rev uint64
 }
 
-// runFetched marks fetched results until ctx ends.
+// maxMarks bounds the fetched marks in flight at once.
+const maxMarks = 1024
+
+// runFetched marks fetched results until ctx ends: each mark is one pipelined write, and one
+// that lost its condition (the record changed meanwhile) is retried after a fresh read.
 func (b *Broker) runFetched(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case it := <-b.fetched:
+			b.sendMark(ctx, it)
+		case it := <-b.refetch:
 			b.markFetchedLogged(ctx, it)
 		}
 	}
 }
 
-// flushFetched marks what is still queued (on drain).
+// sendMark sends one fetched mark without waiting for it (see runFetched).
+func (b *Broker) sendMark(ctx context.Context, it fetchItem) {
+	select {
+	case b.markSlots <- struct{}{}:
+	case <-ctx.Done():
+		b.markFetchedLogged(ctx, it) // (logs the ended context)
+		return
+	}
+	data, err := fetchedRecord(it.t)
+	if err != nil {
+		<-b.markSlots
+		b.log.Warn("zerotask: mark result fetched", "task", it.t.ID, "err", err)
+		return
+	}
+	b.marks.Add(1)
+	_, _ = b.pipe.KVWrite(b.tasks, key(it.t.ID), data, it.rev, b.cfg.ResultTTL, func(_ jetstream.PubAck, err error) {
+		defer b.marks.Done()
+		<-b.markSlots
+		switch {
+		case err == nil:
+			b.cache.drop(it.t.ID)
+		case errors.Is(err, jetstream.ErrConflict):
+			select {
+			case b.refetch <- it:
+			default:
+				b.marks.Add(1)
+				go func() {
+					defer b.marks.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					b.markFetchedLogged(ctx, it)
+				}()
+			}
+		default:
+			b.log.Warn("zerotask: mark result fetched", "task", it.t.ID, "err", err)
+		}
+	})
+}
+
+// flushFetched marks what is still queued and waits for the marks in flight (on drain).
 func (b *Broker) flushFetched(ctx context.Context) {
 	for {
 		select {
 		case it := <-b.fetched:
+			b.markFetchedLogged(ctx, it)
+			continue
+		default:
+		}
+		break
+	}
+	done := make(chan struct{})
+	go func() {
+		b.marks.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		select {
+		case it := <-b.refetch:
 			b.markFetchedLogged(ctx, it)
 		default:
 			return
@@ -561,15 +604,24 @@ func (b *Broker) markFetchedLogged(ctx context.Context, it fetchItem) {
 	}
 }
 
+// fetchedRecord is a task's record marked fetched now.
+func fetchedRecord(t *Task) ([]byte, error) {
+	now := time.Now().UTC()
+	nt := *t
+	nt.Fetched, nt.Updated = &now, now
+	data, err := encodeTask(&nt)
+	if err != nil {
+		return nil, fmt.Errorf("mark %s fetched: %w", t.ID, err)
+	}
+	return data, nil
+}
+
 // markFetched records the first fetch of a result and makes the record expire ResultTTL later.
 func (b *Broker) markFetched(ctx context.Context, t *Task, rev uint64) error {
 	for range 10 {
-		now := time.Now().UTC()
-		nt := *t
-		nt.Fetched, nt.Updated = &now, now
-		data, err := encodeTask(&nt)
+		data, err := fetchedRecord(t)
 		if err != nil {
-			return fmt.Errorf("mark %s fetched: %w", t.ID, err)
+			return err
 		}
 		if _, err = b.tasks.WriteLean(ctx, key(t.ID), data, rev, b.cfg.ResultTTL); err == nil {
 			b.cache.drop(t.ID)

@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/jetbridge/jetbridge/adapters/zerotask/ztclient"
 )
 
 // zerotaskWorker is one bench worker's ZeroTask client and node (REQ sockets, as the originals).
 type zerotaskWorker struct {
-	client, node *ztclient.Req
-	cid, nid     string
+	client, node               *ztclient.Req
+	cid, nid                   string
+	newTask, nodeArgs, cliArgs []byte // request params built once
+	tid, buf                   []byte
 }
 
 const ztPrefix = "zerotask.broker."
@@ -57,24 +60,35 @@ func init() {
 					return nil, nil, fmt.Errorf("node_connect: %w", err)
 				}
 			}
-			data := string(payloadOf(h.Payload))
+			data := strconv.Quote(string(payloadOf(h.Payload)))
+			for _, w := range workers {
+				w.newTask = []byte(`[` + strconv.Quote(w.cid) + `, "echo", [` + data + `]]`)
+				w.nodeArgs = []byte(`[` + strconv.Quote(w.nid) + `, `)
+				w.cliArgs = []byte(`[` + strconv.Quote(w.cid) + `, `)
+			}
+			// Requests are built and replies checked without a generic JSON codec, so that the
+			// load generator's own CPU stays small beside the pod's (ids are ASCII letters).
 			return func(ctx context.Context, i int) error {
 				w := workers[i]
-				var tid string
-				if err := w.client.Call(ctx, ztPrefix+"client_new_task", []any{w.cid, "echo", []string{data}}, &tid); err != nil {
-					return fmt.Errorf("client_new_task: %w", err)
+				res, err := w.client.CallRaw(ctx, ztPrefix+"client_new_task", w.newTask)
+				if err != nil || len(res) < 3 || res[0] != '"' {
+					return fmt.Errorf("client_new_task: %v (%s)", err, res)
 				}
-				var task map[string]any
-				if err := w.node.Call(ctx, ztPrefix+"node_task_request", []any{w.nid, tid}, &task); err != nil || task == nil {
-					return fmt.Errorf("node_task_request: %v (task %v)", err, task)
+				tid := append(w.tid[:0], res...) // quoted
+				w.tid = tid
+				p := append(append(w.buf[:0], w.nodeArgs...), tid...)
+				if res, err = w.node.CallRaw(ctx, ztPrefix+"node_task_request", append(p, ']')); err != nil || len(res) == 0 || res[0] != '{' {
+					return fmt.Errorf("node_task_request: %v (task %s)", err, res)
 				}
-				if err := w.node.Call(ctx, ztPrefix+"node_task_finished", []any{w.nid, tid, data}, nil); err != nil {
-					return fmt.Errorf("node_task_finished: %w", err)
+				p = append(append(append(append(w.buf[:0], w.nodeArgs...), tid...), ", "...), data...)
+				if res, err = w.node.CallRaw(ctx, ztPrefix+"node_task_finished", append(p, ']')); err != nil || string(res) != "true" {
+					return fmt.Errorf("node_task_finished: %v (%s)", err, res)
 				}
-				var res string
-				if err := w.client.Call(ctx, ztPrefix+"client_task_result", []any{w.cid, tid}, &res); err != nil || res != data {
-					return fmt.Errorf("client_task_result: %v", err)
+				p = append(append(w.buf[:0], w.cliArgs...), tid...)
+				if res, err = w.client.CallRaw(ctx, ztPrefix+"client_task_result", append(p, ']')); err != nil || string(res) != data {
+					return fmt.Errorf("client_task_result: %v (%.40s)", err, res)
 				}
+				w.buf = p
 				return nil
 			}, cleanup, nil
 		},

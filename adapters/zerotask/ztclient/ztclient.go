@@ -25,8 +25,9 @@ const maxFrame = 16 << 20
 
 // conn is one ZMTP connection after the handshake.
 type conn struct {
-	c  net.Conn
-	br *bufio.Reader
+	c   net.Conn
+	br  *bufio.Reader
+	hdr [9]byte // frame header being read
 }
 
 func dial(ctx context.Context, addr, socketType string) (*conn, error) {
@@ -70,7 +71,7 @@ func (cn *conn) readFrame() (zmtp.Frame, error) {
 	if err != nil {
 		return zmtp.Frame{}, err
 	}
-	hdr := make([]byte, zmtp.FrameHeaderLen(h[0]))
+	hdr := cn.hdr[:zmtp.FrameHeaderLen(h[0])]
 	if _, err := io.ReadFull(cn.br, hdr); err != nil {
 		return zmtp.Frame{}, err
 	}
@@ -132,8 +133,11 @@ type Req struct {
 	cn   *conn
 	wmu  sync.Mutex // writes
 	mu   sync.Mutex // reads: a round trip or the idle PING check
+	rdl  time.Time  // the connection's read deadline (zero: none), under mu
 	seq  atomic.Uint64
 	out  []byte // send buffer, under wmu
+	req  []byte // request buffer of CallRaw, under mu
+	suf  []byte // expected reply suffix of CallRaw, under mu
 	done chan struct{}
 	once sync.Once
 }
@@ -166,6 +170,7 @@ func (r *Req) idle() {
 			_ = r.cn.c.SetReadDeadline(time.Now().Add(time.Millisecond))
 			_, err := r.cn.br.Peek(1)
 			_ = r.cn.c.SetReadDeadline(time.Time{})
+			r.rdl = time.Time{}
 			if err != nil {
 				break
 			}
@@ -191,9 +196,23 @@ func (r *Req) Close() error {
 func (r *Req) Roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.roundtrip(ctx, frame)
+}
+
+// deadlineSlack is how much earlier than the request's deadline a read may time out: the
+// connection's deadline is moved only when it is off by more, not on every request.
+const deadlineSlack = time.Second
+
+// roundtrip is Roundtrip under r.mu.
+func (r *Req) roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
-		_ = r.cn.c.SetReadDeadline(dl)
-		defer r.cn.c.SetReadDeadline(time.Time{})
+		if r.rdl.IsZero() || r.rdl.After(dl) || dl.Sub(r.rdl) > deadlineSlack {
+			_ = r.cn.c.SetReadDeadline(dl)
+			r.rdl = dl
+		}
+	} else if !r.rdl.IsZero() {
+		_ = r.cn.c.SetReadDeadline(time.Time{})
+		r.rdl = time.Time{}
 	}
 	r.wmu.Lock()
 	r.out = zmtp.AppendMessage(r.out[:0], [][]byte{{}, frame})
@@ -256,6 +275,52 @@ func (r *Req) Call(ctx context.Context, method string, params, out any) error {
 }
 
 var resultPrefix = []byte(`{"jsonrpc": "2.0", "result": `)
+
+// CallRaw is Call for load generators: params is the JSON of the params and the result comes
+// back as raw JSON (valid only until the next call on r), without a generic encoder or decoder
+// on the usual path.
+func (r *Req) CallRaw(ctx context.Context, method string, params []byte) (json.RawMessage, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.seq.Add(1)
+	q := append(r.req[:0], `{"jsonrpc": "2.0", "method": `...)
+	q = strconv.AppendQuote(q, method)
+	q = append(q, `, "params": `...)
+	q = append(q, params...)
+	q = append(q, `, "id": "go`...)
+	idAt := len(q) - 3
+	q = strconv.AppendUint(q, n, 10)
+	q = append(q, '"')
+	id := q[idAt:]
+	q = append(q, '}')
+	r.req = q
+	rep, err := r.roundtrip(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if res, ok := bytes.CutPrefix(rep, resultPrefix); ok {
+		suffix := append(append(r.suf[:0], `, "id": `...), id...)
+		r.suf = append(suffix, '}')
+		if res, ok = bytes.CutSuffix(res, r.suf); ok {
+			return res, nil
+		}
+	}
+	var resp struct {
+		Result json.RawMessage `json:"result"`
+		Error  *Error          `json:"error"`
+		ID     json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(rep, &resp); err != nil {
+		return nil, fmt.Errorf("reply %q: %w", rep, err)
+	}
+	if resp.Error != nil {
+		return nil, resp.Error
+	}
+	if !bytes.Equal(resp.ID, id) {
+		return nil, fmt.Errorf("reply id %s, want %s", resp.ID, id)
+	}
+	return resp.Result, nil
+}
 
 // appendRequest appends a JSON-RPC request (a notification when id is nil).
 func appendRequest(dst []byte, method string, params any, id []byte) ([]byte, error) {

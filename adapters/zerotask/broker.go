@@ -416,6 +416,13 @@ func (b *Broker) writeNew(ctx context.Context, k string, rec []byte, qsubj strin
 	if perr == nil {
 		_, perr = qp.Wait(ctx)
 	}
+	if errors.Is(rerr, jetstream.ErrNoResponders) {
+		// (A stream leader election: the synchronous writes retry.)
+		rev, rerr = b.tasks.WriteLean(ctx, k, rec, 0, 0)
+	}
+	if errors.Is(perr, jetstream.ErrNoResponders) {
+		_, perr = b.js.PublishExpect(ctx, qsubj, qmsg, 0, 0)
+	}
 	if errors.Is(rerr, jetstream.ErrConflict) {
 		rev, rerr = b.tasks.Create(ctx, k, rec, 0)
 	}
@@ -512,7 +519,7 @@ type fetchItem struct {
 const maxMarks = 1024
 
 // runFetched marks fetched results until ctx ends: each mark is one pipelined write, and one
-// that lost its condition (the record changed meanwhile) is retried after a fresh read.
+// that failed (lost its condition, or no acknowledgement) is retried synchronously.
 func (b *Broker) runFetched(ctx context.Context) {
 	for {
 		select {
@@ -531,8 +538,7 @@ func (b *Broker) sendMark(ctx context.Context, it fetchItem) {
 	select {
 	case b.markSlots <- struct{}{}:
 	case <-ctx.Done():
-		b.markFetchedLogged(ctx, it) // (logs the ended context)
-		return
+		return // stopping (a drain flushed the marks before)
 	}
 	data, err := fetchedRecord(it.t)
 	if err != nil {
@@ -547,7 +553,9 @@ func (b *Broker) sendMark(ctx context.Context, it fetchItem) {
 		switch {
 		case err == nil:
 			b.cache.drop(it.t.ID)
-		case errors.Is(err, jetstream.ErrConflict):
+		case !errors.Is(err, jetstream.ErrPipelineClosed):
+			// A lost condition (the record changed meanwhile), or a write that may not have
+			// been stored: once more, synchronously, after a fresh read if needed.
 			select {
 			case b.refetch <- it:
 			default:

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -158,15 +159,48 @@ func sptr(s string) *string { return &s }
 // newID makes a random UUIDv4 (never contains '_').
 func newID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	idRand.read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return uuidString(b)
 }
 
+// idRand hands out crypto/rand bytes read 4 KiB at a time (one read per 256 ids, not one each).
+var idRand randPool
+
+type randPool struct {
+	mu  sync.Mutex
+	buf [4096]byte
+	off int
+}
+
+func (p *randPool) read(out []byte) {
+	p.mu.Lock()
+	if p.off == 0 || p.off+len(out) > len(p.buf) {
+		_, _ = rand.Read(p.buf[:])
+		p.off = 0
+	}
+	copy(out, p.buf[p.off:])
+	clear(p.buf[p.off : p.off+len(out)]) // handed-out bytes do not stay in memory
+	p.off += len(out)
+	if p.off == len(p.buf) {
+		p.off = 0
+	}
+	p.mu.Unlock()
+}
+
 func uuidString(b [16]byte) string {
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }
 
 // nameRule is a name pattern: an ASCII letter or digit, then up to 63 letters, digits, '-' (and

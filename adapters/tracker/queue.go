@@ -422,7 +422,7 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 			return id, true, sameSubmission(ent.Value, it)
 		}
 	}
-	b, _ := json.Marshal(r)
+	b := encodeRecord(r)
 	var rev uint64
 	if r.Status == StatusStashed {
 		if err = q.publishStashToken(ctx, r); err != nil {
@@ -631,7 +631,7 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 				return nil, err
 			}
 		}
-		b, _ := json.Marshal(next)
+		b := encodeRecord(next)
 		q.index.begin(id)
 		nrev, err := q.items.WriteLean(ctx, id, b, rev, 0)
 		q.index.end(id, err == nil, nrev, b, next)
@@ -910,7 +910,7 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		next.ClaimedAt = fptr(epoch(now))
 		next.Claim = &Claim{Pipeline: pipeline, Attempt: len(next.Attempts) - 1,
 			LeaseUntil: epoch(now.Add(time.Duration(cfg.Lease))), Pod: q.pod}
-		b, _ := json.Marshal(next)
+		b := encodeRecord(next)
 		q.index.begin(tok.ID)
 		rev, uerr := q.items.WriteLean(ctx, tok.ID, b, ent.Revision, 0)
 		q.index.end(tok.ID, uerr == nil, rev, b, next)

@@ -127,8 +127,18 @@ func (s *session) handle(data []byte) bool {
 		return false
 	}
 	tm.out.Inc()
+	if c, ok := payload.(claimAnswer); ok {
+		_ = s.write(encodeClaimResponse(c.rec, c.rec.Claim.Attempt, c.infoURL, req.Seq))
+		return false
+	}
 	_ = s.write(EncodeResponse(status, payload, req.Seq))
 	return false
+}
+
+// claimAnswer is the payload of an Item:claim answer with an item (encoded by encodeClaimResponse).
+type claimAnswer struct {
+	rec     *Record
+	infoURL string
 }
 
 // cmdMetrics are one command type's metric series (looked up once: this runs per request).
@@ -211,7 +221,7 @@ func (s *session) dispatch(req *Request) (int, any, error) {
 			return 200, map[string]any{"item": nil, "message": "No items found."}, nil
 		}
 		s.a.m.claims.Inc()
-		return 200, claimPayload{Item: rec.entryJSON(rec.Claim.Attempt), InfoURL: s.a.infoURL}, nil
+		return 200, claimAnswer{rec: rec, infoURL: s.a.infoURL}, nil
 
 	case "Item:store":
 		id := p.String("id", true)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -21,45 +22,68 @@ var trackerRun atomic.Int64
 type trackerConn struct {
 	c   *websocket.Conn
 	seq int64
+	buf []byte
 }
 
-func (t *trackerConn) call(ctx context.Context, typ string, req any) (int, json.RawMessage, error) {
+// trackerReply is a response or advisory frame; the payload is decoded in the same pass (only
+// the claimed item's id is read).
+type trackerReply struct {
+	Status  int    `json:"status"`
+	Seq     *int64 `json:"seq"`
+	Payload *struct {
+		Item *struct {
+			ID string `json:"id"`
+		} `json:"item"`
+	} `json:"payload"`
+}
+
+// call sends {"type":typ,"request":req,"seq":n} (req is the request object's JSON) and reads
+// frames until the response with that seq; it returns the claimed item's id, if any.
+func (t *trackerConn) call(ctx context.Context, typ string, req []byte) (string, error) {
 	t.seq++
-	b, _ := json.Marshal(req)
 	if dl, ok := ctx.Deadline(); ok {
 		_ = t.c.SetReadDeadline(dl)
 	}
-	if err := t.c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":%q,"request":%s,"seq":%d}`, typ, b, t.seq))); err != nil {
-		return 0, nil, err
+	t.buf = append(t.buf[:0], `{"type":"`...)
+	t.buf = append(t.buf, typ...)
+	t.buf = append(t.buf, `","request":`...)
+	t.buf = append(t.buf, req...)
+	t.buf = append(t.buf, `,"seq":`...)
+	t.buf = strconv.AppendInt(t.buf, t.seq, 10)
+	t.buf = append(t.buf, '}')
+	if err := t.c.WriteMessage(websocket.TextMessage, t.buf); err != nil {
+		return "", err
 	}
 	for {
 		_, data, err := t.c.ReadMessage()
 		if err != nil {
-			return 0, nil, err
+			return "", err
 		}
-		var r struct {
-			Status  int             `json:"status"`
-			Payload json.RawMessage `json:"payload"`
-			Seq     *int64          `json:"seq"`
-		}
+		var r trackerReply
 		if err := json.Unmarshal(data, &r); err != nil {
-			return 0, nil, err
+			return "", err
 		}
 		if r.Seq == nil {
 			continue // advisory
 		}
 		if *r.Seq != t.seq {
-			return 0, nil, fmt.Errorf("desync: sent %d, got %s", t.seq, data)
+			return "", fmt.Errorf("desync: sent %d, got %s", t.seq, data)
 		}
 		if r.Status >= 400 {
-			return r.Status, r.Payload, fmt.Errorf("%s: %s", typ, data)
+			return "", fmt.Errorf("%s: %s", typ, data)
 		}
-		return r.Status, r.Payload, nil
+		if r.Payload != nil && r.Payload.Item != nil {
+			return r.Payload.Item.ID, nil
+		}
+		return "", nil
 	}
 }
 
 func trackerAdmin(ctx context.Context, base, path string, in, out any) error {
-	b, _ := json.Marshal(in)
+	b, ok := in.([]byte)
+	if !ok {
+		b, _ = json.Marshal(in)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(b))
 	if err != nil {
 		return err
@@ -120,26 +144,21 @@ func init() {
 				cleanup()
 				return nil, nil, err
 			}
+			// the per-op bodies are encoded once (the same bytes every time)
+			itemBody, _ := json.Marshal(item)
+			claimReq, _ := json.Marshal(map[string]any{"pipeline_type": ptype})
 			return func(ctx context.Context, w int) error {
 				c := conns[w]
 				var q struct{ IDs []string }
-				if err := trackerAdmin(ctx, base, "/items", item, &q); err != nil {
+				if err := trackerAdmin(ctx, base, "/items", itemBody, &q); err != nil {
 					return err
 				}
 				for {
-					_, payload, err := c.call(ctx, "Item:claim", map[string]any{"pipeline_type": ptype})
+					id, err := c.call(ctx, "Item:claim", claimReq)
 					if err != nil {
 						return err
 					}
-					var cl struct {
-						Item *struct {
-							ID string `json:"id"`
-						} `json:"item"`
-					}
-					if err := json.Unmarshal(payload, &cl); err != nil {
-						return err
-					}
-					if cl.Item == nil {
+					if id == "" {
 						// another worker took the item this one queued; one will come
 						select {
 						case <-ctx.Done():
@@ -148,7 +167,8 @@ func init() {
 						}
 						continue
 					}
-					_, _, err = c.call(ctx, "Item:finish", map[string]any{"id": cl.Item.ID})
+					finishReq, _ := json.Marshal(map[string]any{"id": id})
+					_, err = c.call(ctx, "Item:finish", finishReq)
 					return err
 				}
 			}, cleanup, nil

@@ -476,11 +476,19 @@ func (b *Broker) clientTaskResult(ctx context.Context, c caller, params json.Raw
 		return nil, rpcErr(CodeNotComplete)
 	}
 	if t.Fetched == nil {
+		// The mark is sent now without waiting for it; when too many are in flight it waits
+		// its turn on runFetched, and only when that queue is full it is written before the
+		// reply.
 		select {
-		case b.fetched <- fetchItem{t, rev}:
+		case b.markSlots <- struct{}{}:
+			b.sendMark(fetchItem{t, rev})
 		default:
-			if err := b.markFetched(ctx, t, rev); err != nil {
-				return nil, internal(err)
+			select {
+			case b.fetched <- fetchItem{t, rev}:
+			default:
+				if err := b.markFetched(ctx, t, rev); err != nil {
+					return nil, internal(err)
+				}
 			}
 		}
 	}
@@ -526,20 +534,21 @@ func (b *Broker) runFetched(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case it := <-b.fetched:
-			b.sendMark(ctx, it)
+			select {
+			case b.markSlots <- struct{}{}:
+				b.sendMark(it)
+			case <-ctx.Done():
+				return // stopping (a drain flushed the marks before)
+			}
 		case it := <-b.refetch:
 			b.markFetchedLogged(ctx, it)
 		}
 	}
 }
 
-// sendMark sends one fetched mark without waiting for it (see runFetched).
-func (b *Broker) sendMark(ctx context.Context, it fetchItem) {
-	select {
-	case b.markSlots <- struct{}{}:
-	case <-ctx.Done():
-		return // stopping (a drain flushed the marks before)
-	}
+// sendMark sends one fetched mark without waiting for it, in a slot of markSlots taken by the
+// caller (see runFetched).
+func (b *Broker) sendMark(it fetchItem) {
 	data, err := fetchedRecord(it.t)
 	if err != nil {
 		<-b.markSlots

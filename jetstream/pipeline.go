@@ -100,6 +100,9 @@ func (p *Pipeline) Publish(subject string, data []byte, o PubOpts, cb func(PubAc
 // still lastSeq (0: the subject holds no message), expiring after ttl when ttl > 0. A failed
 // condition is ErrConflict.
 func (p *Pipeline) PublishExpect(subject string, data []byte, lastSeq uint64, ttl time.Duration, cb func(PubAck, error)) (*Pending, error) {
+	if lastSeq == 0 && ttl <= 0 {
+		return p.send(&nats.Msg{Subject: subject, Data: data, Header: expectEmpty}, "", cb)
+	}
 	h := Header{jetstream.ExpectedLastSubjSeqHeader: []string{strconv.FormatUint(lastSeq, 10)}}
 	if ttl > 0 {
 		h[jetstream.MsgTTLHeader] = []string{ttl.String()}
@@ -117,10 +120,13 @@ func (p *Pipeline) KVWrite(k *KV, key string, val []byte, rev uint64, ttl time.D
 // KVCreate is KVWrite with rev 0 whose failed condition is ErrExists (as KV.CreateAsync: a key
 // whose value was deleted still has its delete marker and is refused too).
 func (p *Pipeline) KVCreate(k *KV, key string, val []byte, cb func(PubAck, error)) (*Pending, error) {
-	m := &nats.Msg{Subject: "$KV." + k.c.names.Asset(k.name) + "." + key, Data: val,
-		Header: Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}}
+	m := &nats.Msg{Subject: "$KV." + k.c.names.Asset(k.name) + "." + key, Data: val, Header: expectEmpty}
 	return p.send(m, key, cb)
 }
+
+// expectEmpty is the header of a publish expecting an empty subject, shared by such publishes
+// (nats.go only reads a message's header).
+var expectEmpty = Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}
 
 func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pending, error) {
 	pd := &Pending{p: p, subject: m.Subject, create: create, cb: cb, sent: time.Now()}
@@ -160,7 +166,7 @@ func (p *Pipeline) onAck(m *nats.Msg) {
 	var ack PubAck
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		err = fmt.Errorf("publish %s: %w", pd.subject, ErrNoResponders)
-	} else if ack, err = parsePubAck(m.Data); err != nil {
+	} else if ack, err = ParseAck(m.Data); err != nil {
 		if pd.create != "" && errors.Is(err, ErrConflict) {
 			err = fmt.Errorf("kv create %s: %w", pd.create, ErrExists)
 		} else {
@@ -168,6 +174,55 @@ func (p *Pipeline) onAck(m *nats.Msg) {
 		}
 	}
 	pd.complete(ack, err)
+}
+
+// ParseAck reads a JetStream publish acknowledgement: the usual form by hand (quickAck), any
+// other through parsePubAck. An error answer is an error (ErrConflict for a failed
+// expected-last-sequence condition).
+func ParseAck(b []byte) (PubAck, error) {
+	if ack, ok := quickAck(b); ok {
+		return ack, nil
+	}
+	ack, err := parsePubAck(b)
+	if err == nil && ack.Sequence == 0 {
+		return PubAck{}, fmt.Errorf("invalid publish acknowledgement %q", b)
+	}
+	return ack, err
+}
+
+// quickAck reads the usual acknowledgement, {"stream":"S","seq":N} (optionally with
+// ,"duplicate":true), without a generic parser; anything else is left to parsePubAck.
+func quickAck(b []byte) (PubAck, bool) {
+	const head, mid = `{"stream":"`, `","seq":`
+	if len(b) < len(head)+len(mid)+3 || string(b[:len(head)]) != head {
+		return PubAck{}, false
+	}
+	rest := b[len(head):]
+	i := 0
+	for i < len(rest) && rest[i] != '"' && rest[i] != '\\' {
+		i++
+	}
+	if i == 0 || len(rest)-i < len(mid)+2 || string(rest[i:i+len(mid)]) != mid {
+		return PubAck{}, false
+	}
+	ack := PubAck{Stream: string(rest[:i])}
+	rest = rest[i+len(mid):]
+	n := 0
+	for n < len(rest) && n < 20 && rest[n] >= '0' && rest[n] <= '9' {
+		ack.Sequence = ack.Sequence*10 + uint64(rest[n]-'0')
+		n++
+	}
+	if n == 0 || n == 20 || ack.Sequence == 0 {
+		return PubAck{}, false
+	}
+	switch string(rest[n:]) {
+	case "}":
+	case `,"duplicate":true}`:
+		ack.Duplicate = true
+	default:
+		return PubAck{}, false
+	}
+	return ack, true
 }
 
 // take removes a publish from the waiting ones (nil if it is no longer there): whoever takes it

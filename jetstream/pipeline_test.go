@@ -2,7 +2,9 @@ package jetstream_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -203,4 +205,63 @@ func TestPipelineFailures(t *testing.T) {
 		t.Fatalf("publish after close: %v", err)
 	}
 	quick.Close() // twice is fine
+}
+
+// ParseAck: the usual acknowledgements by hand, the rest as parsePubAck; bad inputs are errors.
+func TestParseAck(t *testing.T) {
+	good := []struct {
+		in   string
+		want jetstream.PubAck
+	}{
+		{`{"stream":"KV_T","seq":42}`, jetstream.PubAck{Stream: "KV_T", Sequence: 42}},
+		{`{"stream":"Q","seq":7,"duplicate":true}`, jetstream.PubAck{Stream: "Q", Sequence: 7, Duplicate: true}},
+		{`{"stream":"Q","domain":"hub","seq":9}`, jetstream.PubAck{Stream: "Q", Sequence: 9}},
+		{`{"stream": "Q", "seq": 18446744073709551615}`, jetstream.PubAck{Stream: "Q", Sequence: 18446744073709551615}},
+	}
+	for _, g := range good {
+		got, err := jetstream.ParseAck([]byte(g.in))
+		if err != nil || got != g.want {
+			t.Errorf("ParseAck(%s) = %+v, %v; want %+v", g.in, got, err, g.want)
+		}
+	}
+	bad := []string{``, `{`, `null`, `[]`, `{"stream":"","seq":1}`, `{"stream":"Q"}`, `{"stream":"Q","seq":0}`,
+		`{"stream":"Q","seq":99999999999999999999}`, `not json`,
+		`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}`}
+	for _, b := range bad {
+		if ack, err := jetstream.ParseAck([]byte(b)); err == nil {
+			t.Errorf("ParseAck(%q) = %+v, want an error", b, ack)
+		}
+	}
+	wrong := `{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}`
+	if _, err := jetstream.ParseAck([]byte(wrong)); !errors.Is(err, jetstream.ErrConflict) {
+		t.Errorf("wrong last sequence: %v, want ErrConflict", err)
+	}
+}
+
+// FuzzParseAck: never panics; whatever it accepts has a stream and a sequence, and an
+// acknowledgement as the server writes it reads back as written.
+func FuzzParseAck(f *testing.F) {
+	for _, s := range []string{`{"stream":"KV_T","seq":42}`, `{"stream":"Q","seq":7,"duplicate":true}`,
+		`{"stream":"Q","domain":"hub","seq":9}`, `{"error":{"code":400,"err_code":10071,"description":"x"}}`, `{"stream":"a\"b","seq":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ack, err := jetstream.ParseAck(b)
+		if err == nil && (ack.Stream == "" || ack.Sequence == 0) {
+			t.Fatalf("ParseAck(%q) accepted %+v", b, ack)
+		}
+		var w struct {
+			Stream    string `json:"stream"`
+			Seq       uint64 `json:"seq"`
+			Duplicate bool   `json:"duplicate,omitempty"`
+		}
+		if json.Unmarshal(b, &w) != nil || w.Stream == "" || w.Seq == 0 || strings.ContainsAny(w.Stream, "\"\\") {
+			return // (stream names hold no quotes or backslashes)
+		}
+		canon, _ := json.Marshal(w)
+		got, err := jetstream.ParseAck(canon)
+		if err != nil || got != (jetstream.PubAck{Stream: w.Stream, Sequence: w.Seq, Duplicate: w.Duplicate}) {
+			t.Fatalf("ParseAck(%s) = %+v, %v", canon, got, err)
+		}
+	})
 }

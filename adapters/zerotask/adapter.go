@@ -58,6 +58,40 @@ type Adapter struct {
 
 	epoch   atomic.Pointer[reqEpoch]
 	epochMu sync.Mutex
+
+	// peers interns the routing ids of open ZeroMQ connections (a request's caller needs it
+	// as a string).
+	peerMu sync.RWMutex
+	peers  map[string]string
+}
+
+// maxPeers bounds the interned routing ids (ids of requests answered after their connection
+// closed stay until the map is cleared).
+const maxPeers = 65536
+
+// peerKey is the routing id as a string, allocated once per connection.
+func (a *Adapter) peerKey(id []byte) string {
+	a.peerMu.RLock()
+	s, ok := a.peers[string(id)]
+	a.peerMu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(id)
+	a.peerMu.Lock()
+	if a.peers == nil || len(a.peers) >= maxPeers {
+		a.peers = map[string]string{}
+	}
+	a.peers[s] = s
+	a.peerMu.Unlock()
+	return s
+}
+
+// forgetPeer drops a closed connection's interned routing id.
+func (a *Adapter) forgetPeer(id []byte) {
+	a.peerMu.Lock()
+	delete(a.peers, string(id))
+	a.peerMu.Unlock()
 }
 
 // New returns the ZeroTask adapter; its configuration comes from the flags it registers.
@@ -349,7 +383,7 @@ func (a *Adapter) serveZMQ(m zmtp.Message) {
 		a.b.m.request("invalid", CodeInvalidRequest)
 		out = EncodeError(nil, errFrames)
 	} else {
-		out = a.b.Handle(ctx, caller{transport: viaZMQ, conn: string(m.Peer)}, body[0])
+		out = a.b.Handle(ctx, caller{transport: viaZMQ, conn: a.peerKey(m.Peer)}, body[0])
 	}
 	// The reply is queued even when the request's own deadline has passed.
 	if err := a.router.Reply(a.ctx, m, out); err != nil {
@@ -370,6 +404,7 @@ func (a *Adapter) routerEvents() {
 				a.env.Metrics.Connections.WithLabelValues(protocol).Inc()
 			}
 		case zmtp.PeerDisconnected:
+			a.forgetPeer(ev.Peer)
 			if a.env.Metrics != nil {
 				a.env.Metrics.Connections.WithLabelValues(protocol).Dec()
 			}

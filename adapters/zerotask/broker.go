@@ -1212,7 +1212,7 @@ func (b *Broker) updateTask(ctx context.Context, id string, fresh bool, fn func(
 		if err != nil {
 			return fmt.Errorf("task %s: %w", id, err)
 		}
-		nrev, err := b.tasks.WriteLean(ctx, key(id), data, rev, 0)
+		nrev, err := b.writeTask(ctx, key(id), data, rev)
 		if err == nil {
 			b.cache.put(t, nrev)
 			return nil
@@ -1222,6 +1222,23 @@ func (b *Broker) updateTask(ctx context.Context, id string, fresh bool, fn func(
 		}
 		ok = false
 	}
+}
+
+// writeTask is one conditional write of a task record (KV.WriteLean, through the pipeline: its
+// acknowledgement is read by hand). A no-responders answer (stream leader election) takes the
+// synchronous write, which retries it.
+func (b *Broker) writeTask(ctx context.Context, k string, data []byte, rev uint64) (uint64, error) {
+	pd, err := b.pipe.KVWrite(b.tasks, k, data, rev, 0, nil)
+	if err == nil {
+		var ack jetstream.PubAck
+		if ack, err = pd.Wait(ctx); err == nil {
+			return ack.Sequence, nil
+		}
+	}
+	if errors.Is(err, jetstream.ErrNoResponders) {
+		return b.tasks.WriteLean(ctx, k, data, rev, 0)
+	}
+	return 0, err
 }
 
 // requeueAll gives a lost node's tasks back to the queue.

@@ -134,6 +134,14 @@ type Queue struct {
 
 	index *claimIndex
 
+	// item events waiting to be published (see eventPublisher)
+	evMu      sync.Mutex
+	evPending []pendingEvent
+	evSpare   []pendingEvent
+	evStarted bool
+	evKick    chan struct{}
+	evPubMu   sync.Mutex
+
 	// orderTTL is how long the per-subject counts of the ready stream are reused by claims
 	// (0 = read them on every claim).
 	orderTTL time.Duration
@@ -163,7 +171,7 @@ type cachedCfg struct {
 func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
 		cons: map[string]*jetstream.Taker{}, stashCons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
-		order: map[string]*orderCache{}, loading: map[string]*countsCall{}}
+		order: map[string]*orderCache{}, loading: map[string]*countsCall{}, evKick: make(chan struct{}, 1)}
 	q.bgCtx, q.bgCancel = context.WithCancel(context.Background())
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
@@ -384,14 +392,100 @@ func (q *Queue) event(r *Record, ev, pipeline, reason string, attempt int) {
 		e.Attempt = &a
 	}
 	b := AppendEvent(make([]byte, 0, 256), &e)
-	if err := q.js.PublishCore(q.eventSubject(r.PipelineType, ev), b, nil); err != nil {
-		q.log.Debug("item event", "id", r.ID, "event", ev, "err", err)
+	q.evMu.Lock()
+	q.evPending = append(q.evPending, pendingEvent{subject: q.eventSubject(r.PipelineType, ev), data: b})
+	first := len(q.evPending) == 1
+	start := first && !q.evStarted
+	if start {
+		q.evStarted = true
 	}
+	q.evMu.Unlock()
+	if start && !q.background(q.eventPublisher) {
+		q.evMu.Lock()
+		q.evStarted = false
+		q.evMu.Unlock()
+		q.publishEvents() // closed queue: at once
+		return
+	}
+	if first {
+		select {
+		case q.evKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// eventDelay is how long the event publisher waits for more events before it sends a batch.
+const eventDelay = time.Millisecond
+
+// pendingEvent is an encoded item event waiting for the event publisher.
+type pendingEvent struct {
+	subject string
+	data    []byte
+}
+
+// eventPublisher sends the queued item events in batches, in the order they were queued (one
+// write to NATS carries many, instead of one write each), until the queue closes.
+func (q *Queue) eventPublisher(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			q.lastEvents()
+			return
+		case <-q.evKick:
+		}
+		t.Reset(eventDelay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			q.lastEvents()
+			return
+		case <-t.C:
+		}
+		q.publishEvents()
+	}
+}
+
+// lastEvents publishes what is queued when the publisher stops; events queued later are published
+// at once by event (the queue is closed then).
+func (q *Queue) lastEvents() {
+	q.evMu.Lock()
+	q.evStarted = false
+	q.evMu.Unlock()
+	q.publishEvents()
+}
+
+// publishEvents sends every queued event (core NATS, best effort).
+func (q *Queue) publishEvents() {
+	q.evPubMu.Lock() // batches go out in order
+	defer q.evPubMu.Unlock()
+	q.evMu.Lock()
+	batch := q.evPending
+	q.evPending = q.evSpare[:0]
+	q.evMu.Unlock()
+	for i, e := range batch {
+		if err := q.js.PublishCore(e.subject, e.data, nil); err != nil {
+			q.log.Debug("item event", "subject", e.subject, "err", err)
+		}
+		batch[i] = pendingEvent{}
+	}
+	q.evMu.Lock()
+	q.evSpare = batch[:0]
+	q.evMu.Unlock()
 }
 
 // Enqueue stores a new item and makes it claimable (or stashes it). existed is true when an item
 // with the same explicit id was already there (nothing is changed then).
 func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed bool, err error) {
+	return q.enqueue(ctx, it, it.ID != "")
+}
+
+// enqueue is Enqueue; lookFirst reads the record of the item's id before writing anything (a
+// retried submission then publishes no second ready token). Without it, an existing id is only
+// found when the record is created: the ready token already sent is a harmless duplicate.
+func (q *Queue) enqueue(ctx context.Context, it NewItem, lookFirst bool) (id string, existed bool, err error) {
 	if err := it.Validate(); err != nil {
 		return "", false, errStatus(400, "%s", err.Error())
 	}
@@ -417,7 +511,7 @@ func (q *Queue) Enqueue(ctx context.Context, it NewItem) (id string, existed boo
 		r.Status = StatusStashed
 		r.Gen = 0
 	}
-	if it.ID != "" {
+	if lookFirst {
 		if ent, err := q.items.Get(ctx, id); err == nil {
 			return id, true, sameSubmission(ent.Value, it)
 		}
@@ -538,6 +632,10 @@ func sameSubmission(stored []byte, it NewItem) error {
 func (q *Queue) EnqueueBatch(ctx context.Context, items []NewItem) ([]string, []error) {
 	ids := make([]string, len(items))
 	errs := make([]error, len(items))
+	if len(items) == 1 {
+		ids[0], _, errs[0] = q.Enqueue(ctx, items[0])
+		return ids, errs
+	}
 	groups := map[string][]int{}
 	var order []string
 	for i := range items {

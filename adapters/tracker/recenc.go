@@ -13,7 +13,8 @@ import (
 
 // encodeRecord is json.Marshal(r) (nil when json.Marshal fails).
 func encodeRecord(r *Record) []byte {
-	b, ok := appendRecord(make([]byte, 0, 512+len(r.Item)+len(r.Metadata)), r)
+	n := 448 + len(r.Item) + len(r.Metadata) + 192*len(r.Attempts) + 128*len(r.AdminLog)
+	b, ok := appendRecord(make([]byte, 0, n), r)
 	if !ok {
 		b, _ = json.Marshal(r)
 	}
@@ -46,7 +47,7 @@ func appendRecord(b []byte, r *Record) ([]byte, bool) {
 
 // encodeClaimResponse is EncodeResponse(200, claimPayload{Item: r.entryJSON(current), InfoURL: infoURL}, seq).
 func encodeClaimResponse(r *Record, current int, infoURL string, seq int64) []byte {
-	b := make([]byte, 0, 512+len(r.Item)+len(r.Metadata)+len(infoURL))
+	b := make([]byte, 0, 448+len(r.Item)+len(r.Metadata)+len(infoURL)+192*len(r.Attempts)+128*len(r.AdminLog))
 	b = append(b, `{"status":200,"payload":{"item":`...)
 	attempts, al, md := r.Attempts, r.AdminLog, r.Metadata
 	if attempts == nil {

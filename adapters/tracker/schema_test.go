@@ -105,10 +105,12 @@ func TestSchemas(t *testing.T) {
 		validate(t, "item-record.json", ent.Value)
 	}
 	for _, ev := range []string{"queued", "claimed", "done", "failed", "error"} {
-		m, err := e.js.LastMsg(ctx, streamEvents, "tracker.events.brozzler."+ev)
-		if err != nil {
-			t.Fatalf("event %s: %v", ev, err)
-		}
+		var m *jetstream.Msg
+		jstest.Eventually(t, 10*time.Second, func() error { // events go out in batches
+			var err error
+			m, err = e.js.LastMsg(ctx, streamEvents, "tracker.events.brozzler."+ev)
+			return err
+		})
 		validate(t, "item-event.json", m.Data)
 	}
 	pk, _ := e.js.KV(ctx, bucketPipes)

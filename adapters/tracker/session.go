@@ -6,6 +6,7 @@ package tracker
 // under the same write lock.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strconv"
@@ -37,18 +38,31 @@ func (s *session) serve() {
 		if d := s.a.idleTimeout; d > 0 {
 			_ = s.conn.SetReadDeadline(time.Now().Add(d))
 		}
-		_, data, err := s.conn.ReadMessage()
+		_, r, err := s.conn.NextReader()
 		if err != nil {
 			return
 		}
+		// the frame is read into a pooled buffer: nothing handle makes keeps a reference to it
+		buf := frameBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
+			frameBufs.Put(buf)
+			return
+		}
 		s.cmdMu.Lock()
-		closing := s.handle(data)
+		closing := s.handle(buf.Bytes())
 		s.cmdMu.Unlock()
+		if buf.Cap() <= 64<<10 {
+			frameBufs.Put(buf)
+		}
 		if closing {
 			return
 		}
 	}
 }
+
+// frameBufs holds the buffers frames are read into (idle connections hold none).
+var frameBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func (s *session) write(frame []byte) error { return s.writeWithin(frame, 10*time.Second) }
 

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jetbridge/jetbridge/jetstream"
@@ -209,13 +211,56 @@ func (a *Adapter) submitLoop() {
 		case <-time.After(time.Second):
 		}
 	}
-	stop, err := cons.Consume(a.handleSubmit, 16)
+	// submissions are handled by submitWorkers goroutines at once; the items of one queue
+	// (pipeline type, run_on, priority, stash) all go to the same worker, in their order
+	var wg sync.WaitGroup
+	work := make([]chan submission, submitWorkers)
+	for i := range work {
+		work[i] = make(chan submission, 4)
+		wg.Add(1)
+		go func(ch chan submission) {
+			defer wg.Done()
+			for s := range ch {
+				a.handleSubmit(s)
+			}
+		}(work[i])
+	}
+	defer func() {
+		for _, ch := range work {
+			close(ch)
+		}
+		wg.Wait()
+	}()
+	stop, err := cons.Consume(func(j *jetstream.Job) {
+		s := submission{j: j}
+		s.it, s.err = DecodeNewItem(j.Data)
+		shard := 0
+		if s.err == nil {
+			h := fnv.New32a()
+			for _, k := range []string{s.it.PipelineType, s.it.RunOn, strconv.Itoa(s.it.Priority), s.it.Stash} {
+				_, _ = h.Write([]byte(k))
+				_, _ = h.Write([]byte{0})
+			}
+			shard = int(h.Sum32() % submitWorkers)
+		}
+		work[shard] <- s
+	}, 64)
 	if err != nil {
 		a.env.Log.Error("tracker: submit consume", "err", err)
 		return
 	}
 	<-a.ctx.Done()
 	stop()
+}
+
+// submitWorkers is how many submissions a pod handles at once.
+const submitWorkers = 16
+
+// submission is a message of the submit stream, decoded.
+type submission struct {
+	j   *jetstream.Job
+	it  NewItem
+	err error
 }
 
 // reject sends a submission that cannot be queued to tracker.rejects with the reason.
@@ -231,12 +276,13 @@ func (a *Adapter) reject(j *jetstream.Job, reason string) {
 	_ = j.AckAsync()
 }
 
-func (a *Adapter) handleSubmit(j *jetstream.Job) {
-	it, err := DecodeNewItem(j.Data)
-	if err != nil {
-		a.reject(j, err.Error())
+func (a *Adapter) handleSubmit(s submission) {
+	j, it := s.j, s.it
+	if s.err != nil {
+		a.reject(j, s.err.Error())
 		return
 	}
+	lookFirst := it.ID != "" // a submitter's own id may be submitted again
 	if it.ID == "" {
 		// a redelivered submission must not enqueue twice: derive the id from the stored message
 		h := sha256.New()
@@ -254,7 +300,7 @@ func (a *Adapter) handleSubmit(j *jetstream.Job) {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, a.cmdTimeout)
 	defer cancel()
-	if _, _, err := a.q.Enqueue(ctx, it); err != nil {
+	if _, _, err := a.q.enqueue(ctx, it, lookFirst); err != nil {
 		var se *statusError
 		if errors.As(err, &se) && se.status < 500 {
 			a.reject(j, se.msg)

@@ -137,16 +137,19 @@ func TestItemLifecycle(t *testing.T) {
 			t.Errorf("metric %s missing", name)
 		}
 	}
-	// item events were published
-	ev, err := e.js.SubjectCounts(ctx, streamEvents, "tracker.events.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"queued", "claimed", "done"} {
-		if ev["tracker.events.brozzler."+k] == 0 {
-			t.Errorf("no %s event: %v", k, ev)
+	// item events were published (in batches, a moment after the changes)
+	jstest.Eventually(t, 10*time.Second, func() error {
+		ev, err := e.js.SubjectCounts(ctx, streamEvents, "tracker.events.>")
+		if err != nil {
+			return err
 		}
-	}
+		for _, k := range []string{"queued", "claimed", "done"} {
+			if ev["tracker.events.brozzler."+k] == 0 {
+				return fmt.Errorf("no %s event: %v", k, ev)
+			}
+		}
+		return nil
+	})
 }
 
 // TestFailRequeueAndMaxTries: Item:fail requeues until max_tries, then error + dead letter;

@@ -391,9 +391,13 @@ func (q *Queue) event(r *Record, ev, pipeline, reason string, attempt int) {
 		a := attempt
 		e.Attempt = &a
 	}
-	b := AppendEvent(make([]byte, 0, 256), &e)
+	q.later(pendingEvent{subject: q.eventSubject(r.PipelineType, ev), data: AppendEvent(make([]byte, 0, 256), &e)})
+}
+
+// later queues a message for the event publisher.
+func (q *Queue) later(pe pendingEvent) {
 	q.evMu.Lock()
-	q.evPending = append(q.evPending, pendingEvent{subject: q.eventSubject(r.PipelineType, ev), data: b})
+	q.evPending = append(q.evPending, pe)
 	first := len(q.evPending) == 1
 	start := first && !q.evStarted
 	if start {
@@ -418,13 +422,15 @@ func (q *Queue) event(r *Record, ev, pipeline, reason string, attempt int) {
 // eventDelay is how long the event publisher waits for more events before it sends a batch.
 const eventDelay = time.Millisecond
 
-// pendingEvent is an encoded item event waiting for the event publisher.
+// pendingEvent is an encoded item event waiting for the event publisher, or the acknowledgement
+// of a ready token whose claim is stored (job set).
 type pendingEvent struct {
 	subject string
 	data    []byte
+	job     *jetstream.Job
 }
 
-// eventPublisher sends the queued item events in batches, in the order they were queued (one
+// eventPublisher sends the queued item events (and token acknowledgements) in batches, in the order they were queued (one
 // write to NATS carries many, instead of one write each), until the queue closes.
 func (q *Queue) eventPublisher(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
@@ -466,6 +472,11 @@ func (q *Queue) publishEvents() {
 	q.evPending = q.evSpare[:0]
 	q.evMu.Unlock()
 	for i, e := range batch {
+		if e.job != nil {
+			_ = e.job.AckAsync()
+			batch[i] = pendingEvent{}
+			continue
+		}
 		if err := q.js.PublishCore(e.subject, e.data, nil); err != nil {
 			q.log.Debug("item event", "subject", e.subject, "err", err)
 		}
@@ -1013,7 +1024,9 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 		rev, uerr := q.items.WriteLean(ctx, tok.ID, b, ent.Revision, 0)
 		q.index.end(tok.ID, uerr == nil, rev, b, next)
 		if uerr == nil {
-			_ = job.AckAsync()
+			// the claim is stored: the token is acknowledged with the next batch of events
+			// (were the pod to die first, the token comes back and is dropped as stale)
+			q.later(pendingEvent{job: job})
 			q.event(next, "claimed", pipeline, "", next.Claim.Attempt)
 			return next, nil
 		}

@@ -369,17 +369,21 @@ func (b *Broker) clientNewTask(ctx context.Context, c caller, params json.RawMes
 	now := time.Now().UTC()
 	t := Task{ID: cid + "-" + tid, ClientID: cid, TaskID: tid, Method: method, Params: tparams,
 		Status: StatusQueued, Created: now, Updated: now, Pod: b.pod}
-	rec, err := encodeTask(&t)
+	rb, qb := getBuf(), getBuf()
+	rec, err := appendTaskRecord((*rb)[:0], &t)
 	if err != nil {
 		return nil, rpcErr(CodeInvalidParams)
 	}
+	qmsg := appendQueueMsg((*qb)[:0], &t)
 	// The record and the queue message are sent at once (pipelined) and both are stored before
 	// the reply. The queue message goes only to an empty subject, so a retried submission of an
 	// unfinished task adds none, and requeues one whose first attempt stopped after the record; a
 	// message whose record was never stored is dropped by the watchdog, as is one re-sent for a
 	// finished task.
 	k := key(t.ID)
-	rev, err, perr := b.writeNew(ctx, k, rec, b.queueSubject(method, t.ID), encodeQueueMsg(&t))
+	rev, err, perr := b.writeNew(ctx, k, rec, b.queueSubject(method, t.ID), qmsg)
+	putBuf(rb, rec)
+	putBuf(qb, qmsg)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrExists) {
 			// The publish beside it queued the task again if its message was missing.
@@ -549,12 +553,14 @@ func (b *Broker) runFetched(ctx context.Context) {
 // sendMark sends one fetched mark without waiting for it, in a slot of markSlots taken by the
 // caller (see runFetched).
 func (b *Broker) sendMark(it fetchItem) {
-	data, err := fetchedRecord(it.t)
+	buf := getBuf()
+	data, err := appendFetchedRecord((*buf)[:0], it.t)
 	if err != nil {
 		<-b.markSlots
 		b.log.Warn("zerotask: mark result fetched", "task", it.t.ID, "err", err)
 		return
 	}
+	defer putBuf(buf, data)
 	b.marks.Add(1)
 	_, _ = b.pipe.KVWrite(b.tasks, key(it.t.ID), data, it.rev, b.cfg.ResultTTL, func(_ jetstream.PubAck, err error) {
 		defer b.marks.Done()
@@ -623,10 +629,15 @@ func (b *Broker) markFetchedLogged(ctx context.Context, it fetchItem) {
 
 // fetchedRecord is a task's record marked fetched now.
 func fetchedRecord(t *Task) ([]byte, error) {
+	return appendFetchedRecord(nil, t)
+}
+
+// appendFetchedRecord appends a task's record marked fetched now to dst.
+func appendFetchedRecord(dst []byte, t *Task) ([]byte, error) {
 	now := time.Now().UTC()
 	nt := *t
 	nt.Fetched, nt.Updated = &now, now
-	data, err := encodeTask(&nt)
+	data, err := appendTaskRecord(dst, &nt)
 	if err != nil {
 		return nil, fmt.Errorf("mark %s fetched: %w", t.ID, err)
 	}
@@ -1208,11 +1219,13 @@ func (b *Broker) updateTask(ctx context.Context, id string, fresh bool, fn func(
 		if err != nil || !change {
 			return err
 		}
-		data, err := encodeTask(t)
+		buf := getBuf()
+		data, err := appendTaskRecord((*buf)[:0], t)
 		if err != nil {
 			return fmt.Errorf("task %s: %w", id, err)
 		}
 		nrev, err := b.writeTask(ctx, key(id), data, rev)
+		putBuf(buf, data)
 		if err == nil {
 			b.cache.put(t, nrev)
 			return nil

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -482,17 +483,42 @@ func appendTask(dst []byte, t *Task) []byte {
 // encodeTask is the stored form of a task. Times outside what RFC 3339 can hold (never set by
 // the broker) take encoding/json's path, which reports them.
 func encodeTask(t *Task) ([]byte, error) {
+	return appendTaskRecord(make([]byte, 0, 400+len(t.Params)+len(t.Result)+len(t.Error)), t)
+}
+
+// appendTaskRecord appends the stored form of a task to dst (see encodeTask).
+func appendTaskRecord(dst []byte, t *Task) ([]byte, error) {
 	for _, tm := range [...]*time.Time{&t.Created, &t.Updated, t.Assigned, t.Fetched} {
 		if tm != nil && (tm.Year() < 0 || tm.Year() > 9999) {
-			return json.Marshal(t)
+			b, err := json.Marshal(t)
+			return append(dst, b...), err
 		}
 	}
-	return appendTask(make([]byte, 0, 400+len(t.Params)+len(t.Result)+len(t.Error)), t), nil
+	return appendTask(dst, t), nil
+}
+
+// bufPool holds buffers for records that are copied by the publish that sends them (nats.go
+// copies a message into its own buffer before the publish returns).
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+// putBuf returns a buffer whose content is no longer used (b holds its last contents).
+func putBuf(p *[]byte, b []byte) {
+	if cap(b) > 64<<10 {
+		return
+	}
+	*p = b[:0]
+	bufPool.Put(p)
 }
 
 // encodeQueueMsg is the work-queue message of a task, as json.Marshal(queueMsg) gives it.
 func encodeQueueMsg(t *Task) []byte {
-	dst := make([]byte, 0, 128+len(t.Params))
+	return appendQueueMsg(make([]byte, 0, 128+len(t.Params)), t)
+}
+
+// appendQueueMsg appends the work-queue message of a task to dst.
+func appendQueueMsg(dst []byte, t *Task) []byte {
 	dst = append(dst, `{"id":`...)
 	dst = appendString(dst, t.ID)
 	dst = append(dst, `,"client_id":`...)
@@ -509,7 +535,11 @@ func encodeQueueMsg(t *Task) []byte {
 // encodeEvent is a notification with string params, in Python's separators, as the PUB socket
 // sends it: {"jsonrpc": "2.0", "method": M, "params": {"k1": "v1", ...}}.
 func encodeEvent(method string, kv ...string) []byte {
-	dst := make([]byte, 0, 96)
+	n := 64 + len(method)
+	for _, s := range kv {
+		n += len(s) + 4
+	}
+	dst := make([]byte, 0, n)
 	dst = append(dst, `{"jsonrpc": "2.0", "method": `...)
 	dst = appendString(dst, method)
 	dst = append(dst, `, "params": {`...)

@@ -804,14 +804,14 @@ func (b *Broker) nodeArgs(ctx context.Context, c caller, params json.RawMessage,
 		a, _, e = bindParams(params, names, 0, extra)
 		if e == nil {
 			for from, to := range alt {
-				if v, ok := a[from]; ok {
-					if _, dup := a[to]; !dup {
-						a[to] = v
+				if v, ok := a.get(from); ok {
+					if _, dup := a.get(to); !dup {
+						a.set(to, v)
 					}
 				}
 			}
 			for _, n := range code[1 : 1+specMin] {
-				if _, ok := a[n]; !ok {
+				if _, ok := a.get(n); !ok {
 					e = rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q required.", n))
 					break
 				}
@@ -888,7 +888,7 @@ func (b *Broker) nodeTaskStatus(ctx context.Context, c caller, params json.RawMe
 	}
 	var st int
 	if a.has("status") {
-		if json.Unmarshal(a["status"], &st) != nil {
+		if json.Unmarshal(a.raw("status"), &st) != nil {
 			return nil, rpcErr(CodeInvalidParams, `Invalid parameters: "status" must be an integer.`)
 		}
 	}
@@ -998,7 +998,7 @@ func (b *Broker) nodeStatus(ctx context.Context, c caller, params json.RawMessag
 		return nil, e
 	}
 	var workers int
-	if a.has("workers") && json.Unmarshal(a["workers"], &workers) == nil {
+	if a.has("workers") && json.Unmarshal(a.raw("workers"), &workers) == nil {
 		_, _ = b.nodes.Mutate(ctx, key(nid), func(cur []byte, exists bool) ([]byte, error) {
 			var p Peer
 			if !exists || json.Unmarshal(cur, &p) != nil {

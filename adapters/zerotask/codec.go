@@ -346,11 +346,38 @@ func Pythonize(in []byte) []byte {
 
 // args binds positional or named params to parameter names. Named params must use those names
 // (extra names are refused unless extra is set); positional params fill them in order.
-type args map[string]json.RawMessage
+type args []arg
+
+// arg is one bound parameter.
+type arg struct {
+	name string
+	val  json.RawMessage
+}
+
+// get returns a parameter by name.
+func (a args) get(name string) (json.RawMessage, bool) {
+	for i := range a {
+		if a[i].name == name {
+			return a[i].val, true
+		}
+	}
+	return nil, false
+}
+
+// set binds name to v, replacing an earlier binding.
+func (a *args) set(name string, v json.RawMessage) {
+	for i := range *a {
+		if (*a)[i].name == name {
+			(*a)[i].val = v
+			return
+		}
+	}
+	*a = append(*a, arg{name, v})
+}
 
 // bindParams binds params to names; min is the number of required leading names.
 func bindParams(params json.RawMessage, names []string, minArgs int, extra bool) (args, int, *RPCError) {
-	a := make(args, len(names))
+	a := make(args, 0, len(names))
 	switch firstByte(params) {
 	case '[':
 		list, ok := splitArray(params)
@@ -364,7 +391,7 @@ func bindParams(params json.RawMessage, names []string, minArgs int, extra bool)
 		}
 		for i, v := range list {
 			if i < len(names) {
-				a[names[i]] = v
+				a = append(a, arg{names[i], v})
 			}
 		}
 		if len(list) < minArgs {
@@ -385,10 +412,10 @@ func bindParams(params json.RawMessage, names []string, minArgs int, extra bool)
 				}
 				return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: unexpected %q.", k))
 			}
-			a[k] = v
+			a = append(a, arg{k, v}) // (keys of an object are unique here)
 		}
 		for _, n := range names[:minArgs] {
-			if _, ok := a[n]; !ok {
+			if _, ok := a.get(n); !ok {
 				return nil, 0, rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q required.", n))
 			}
 		}
@@ -399,7 +426,7 @@ func bindParams(params json.RawMessage, names []string, minArgs int, extra bool)
 
 // has reports whether name was given (a JSON null counts as not given).
 func (a args) has(name string) bool {
-	v, ok := a[name]
+	v, ok := a.get(name)
 	return ok && string(bytes.TrimSpace(v)) != "null"
 }
 
@@ -408,7 +435,7 @@ const MaxID = 256
 
 // str reads a string param; absent or null gives "" and ok=true when optional.
 func (a args) str(name string, required bool) (string, *RPCError) {
-	v, ok := a[name]
+	v, ok := a.get(name)
 	if !ok || string(bytes.TrimSpace(v)) == "null" {
 		if required {
 			return "", rpcErr(CodeInvalidParams, fmt.Sprintf("Invalid parameters: %q required.", name))
@@ -430,7 +457,7 @@ func (a args) str(name string, required bool) (string, *RPCError) {
 
 // raw reads any JSON param ("null" when absent).
 func (a args) raw(name string) json.RawMessage {
-	v, ok := a[name]
+	v, ok := a.get(name)
 	if !ok {
 		return json.RawMessage("null")
 	}

@@ -116,7 +116,7 @@ func TestBindParams(t *testing.T) {
 		}
 	}
 	a, n, e := bindParams(json.RawMessage(`["c", "m", [1]]`), names, 2, false)
-	if e != nil || n != 3 || string(a["params"]) != "[1]" || a.has("task_id") {
+	if e != nil || n != 3 || string(a.raw("params")) != "[1]" || a.has("task_id") {
 		t.Fatalf("%v %d %v", a, n, e)
 	}
 	if _, e := a.str("params", true); e == nil {

@@ -134,6 +134,11 @@ type Queue struct {
 
 	index *claimIndex
 
+	// ready tokens fetched in advance, per subject (readahead.go)
+	raMu     sync.Mutex
+	ra       map[string]*readAhead
+	raKeeper bool // stockKeeper runs
+
 	// item events waiting to be published (see eventPublisher)
 	evMu      sync.Mutex
 	evPending []pendingEvent
@@ -171,7 +176,8 @@ type cachedCfg struct {
 func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.Logger, lease time.Duration, maxTries int, m *trackerMetrics) (*Queue, error) {
 	q := &Queue{js: js, pod: pod, log: log, lease: lease, maxTries: maxTries, metrics: m,
 		cons: map[string]*jetstream.Taker{}, stashCons: map[string]*jetstream.Consumer{}, cfgCache: map[string]cachedCfg{}, index: newClaimIndex(),
-		order: map[string]*orderCache{}, loading: map[string]*countsCall{}, evKick: make(chan struct{}, 1)}
+		order: map[string]*orderCache{}, loading: map[string]*countsCall{}, evKick: make(chan struct{}, 1),
+		ra: map[string]*readAhead{}}
 	q.bgCtx, q.bgCancel = context.WithCancel(context.Background())
 	var err error
 	if q.items, err = js.KV(ctx, bucketItems); err != nil {
@@ -903,35 +909,9 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 			if err != nil {
 				return nil, fmt.Errorf("claim %s: %w", ptype, err)
 			}
-			for budget > 0 {
-				budget--
-				var wait time.Duration
-				if fresh {
-					// the counts were just read and say there is something: a no-wait pull
-					// can miss a message stored a moment ago, so wait a little for it
-					wait = 10 * time.Millisecond
-				}
-				job, err := cons.Next(ctx, wait)
-				if err != nil {
-					// the consumer may have been removed (idle for a day): bind it again, once
-					q.dropConsumer(c.subject)
-					if cons, err = q.consumer(ctx, c.subject); err == nil {
-						job, err = cons.Next(ctx, 0)
-					}
-					if err != nil {
-						q.dropConsumer(c.subject)
-						return nil, fmt.Errorf("claim %s: %w", ptype, err)
-					}
-				}
-				if job == nil {
-					q.emptied(ptype, c.subject)
-					break
-				}
-				progressed = true
-				rec, err := q.take(ctx, job, pipeline, version)
-				if err != nil || rec != nil {
-					return rec, err
-				}
+			rec, done, err := q.claimFrom(ctx, c.subject, cons, ptype, pipeline, version, fresh, &budget, &progressed)
+			if done {
+				return rec, err
 			}
 			if progressed {
 				break // look at the order again: it may have changed meanwhile
@@ -945,6 +925,51 @@ func (q *Queue) Claim(ctx context.Context, ptype, pipeline, version string) (*Re
 		}
 	}
 	return nil, nil
+}
+
+// claimFrom takes tokens of one ready subject (fetched in advance, or fetched now) until one is
+// claimed (done), the subject has none (not done) or the budget of fetches is spent.
+func (q *Queue) claimFrom(ctx context.Context, subject string, cons *jetstream.Taker, ptype, pipeline, version string,
+	fresh bool, budget *int, progressed *bool) (*Record, bool, error) {
+	ra := q.readAheadFor(subject)
+	ra.enter()
+	defer ra.leave()
+	for *budget > 0 {
+		*budget--
+		job := ra.pop()
+		if job == nil {
+			var wait time.Duration
+			if fresh {
+				// the counts were just read and say there is something: a no-wait pull
+				// can miss a message stored a moment ago, so wait a little for it
+				wait = 10 * time.Millisecond
+			}
+			var err error
+			job, err = cons.Next(ctx, wait)
+			if err != nil {
+				// the consumer may have been removed (idle for a day): bind it again, once
+				q.dropConsumer(subject)
+				if cons, err = q.consumer(ctx, subject); err == nil {
+					job, err = cons.Next(ctx, 0)
+				}
+				if err != nil {
+					q.dropConsumer(subject)
+					return nil, true, fmt.Errorf("claim %s: %w", ptype, err)
+				}
+			}
+		}
+		if job == nil {
+			q.emptied(ptype, subject)
+			return nil, false, nil
+		}
+		q.refill(ra, cons)
+		*progressed = true
+		rec, err := q.take(ctx, job, pipeline, version)
+		if err != nil || rec != nil {
+			return rec, true, err
+		}
+	}
+	return nil, false, nil
 }
 
 // take claims the item of one ready token if the token is current; nil when it is stale.

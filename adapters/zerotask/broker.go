@@ -193,9 +193,10 @@ func lookup(method string) (string, handler) {
 }
 
 // Handle answers one frame: a single request, a notification (null) or a batch. It never fails:
-// every problem becomes a JSON-RPC error.
+// every problem becomes a JSON-RPC error. The frame belongs to Handle from then on (decoded params
+// are kept in task records without a copy): callers pass a buffer nobody reuses.
 func (b *Broker) Handle(ctx context.Context, c caller, frame []byte) []byte {
-	d, perr := Decode(frame)
+	d, perr := decode(frame, true)
 	if perr != nil {
 		b.m.request("invalid", perr.Code)
 		return EncodeError(nil, perr)

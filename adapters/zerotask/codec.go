@@ -84,8 +84,12 @@ const MaxBatch = 1000
 // Decode parses one frame. A frame that is not JSON gives a -32700 error; a JSON value that is not
 // a request (nor a non-empty batch of them) gives -32600. Per-request errors inside a batch are
 // returned in d.Errors, the frame-level error as err.
-func Decode(frame []byte) (d Decoded, err *RPCError) {
-	trimmed := bytes.TrimLeft(frame, " \t\r\n")
+func Decode(frame []byte) (d Decoded, err *RPCError) { return decode(frame, false) }
+
+// decode is Decode; with owned set the frame belongs to the caller's request (nobody reuses its
+// buffer), so the decoded members may point into it instead of into a copy.
+func decode(frame []byte, owned bool) (d Decoded, err *RPCError) {
+	trimmed := frame[skipSpace(frame, 0):]
 	if len(trimmed) == 0 {
 		return d, rpcErr(CodeParseError)
 	}
@@ -112,7 +116,7 @@ func Decode(frame []byte) (d Decoded, err *RPCError) {
 		}
 		return d, nil
 	case '{':
-		if obj, ok := fastRequest(frame); ok {
+		if obj, ok := fastRequest(frame, owned); ok {
 			r, e := decodeObject(&obj)
 			d.Requests, d.Errors = []Request{r}, []*RPCError{e}
 			return d, nil

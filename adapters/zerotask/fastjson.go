@@ -206,10 +206,14 @@ func asciiKey(k string) bool {
 }
 
 // fastRequest decodes a well-formed single request object exactly as json.Unmarshal into
-// wireRequest would; ok is false for anything it does not handle (the caller falls back).
-func fastRequest(frame []byte) (obj wireRequest, ok bool) {
-	// One copy of the frame: the members may outlive the caller's buffer (task records).
-	b := append([]byte(nil), frame...)
+// wireRequest would; ok is false for anything it does not handle (the caller falls back). The
+// members point into frame when owned is set, otherwise into a copy of it (they may outlive the
+// caller's buffer: task records).
+func fastRequest(frame []byte, owned bool) (obj wireRequest, ok bool) {
+	b := frame
+	if !owned {
+		b = append([]byte(nil), frame...)
+	}
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return obj, false

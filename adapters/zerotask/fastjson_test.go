@@ -28,7 +28,12 @@ func FuzzFastDecode(f *testing.F) {
 		f.Add([]byte(g))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		if obj, ok := fastRequest(in); ok {
+		if obj, ok := fastRequest(in, false); ok {
+			// Owned or copied, the same members (pointing into the frame or into a copy).
+			if own, ok := fastRequest(in, true); !ok || !bytes.Equal(own.Method, obj.Method) || !bytes.Equal(own.Params, obj.Params) ||
+				!bytes.Equal(own.ID, obj.ID) || !bytes.Equal(own.JSONRPC, obj.JSONRPC) {
+				t.Fatalf("%q: owned decode %+v, copied %+v", in, own, obj)
+			}
 			var ref wireRequest
 			if !json.Valid(in) || json.Unmarshal(in, &ref) != nil {
 				t.Fatalf("fast path accepted %q", in)

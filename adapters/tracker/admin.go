@@ -218,12 +218,16 @@ func (a *Adapter) adminQueue(c echo.Context) error {
 		Items []json.RawMessage `json:"items"`
 	}
 	var raws []json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&batch); err == nil && batch.Items != nil {
-		raws = batch.Items
+	if !mayHaveItemsKey(body) {
+		raws = []json.RawMessage{body} // one item: no "items" key can be in it
 	} else {
-		raws = []json.RawMessage{body}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&batch); err == nil && batch.Items != nil {
+			raws = batch.Items
+		} else {
+			raws = []json.RawMessage{body}
+		}
 	}
 	if len(raws) == 0 || len(raws) > 10000 {
 		return apiErr(c, 400, "between 1 and 10000 items per request")
@@ -248,7 +252,35 @@ func (a *Adapter) adminQueue(c echo.Context) error {
 			return apiErr(c, 503, "item %d: %v", i, err)
 		}
 	}
+	if _, pretty := c.QueryParams()["pretty"]; !pretty && !c.Echo().Debug {
+		// what c.JSON writes, encoded by hand (this answers every enqueue)
+		b := make([]byte, 0, 16+40*len(ids))
+		b = append(b, `{"ids":[`...)
+		for i, id := range ids {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, id)
+		}
+		return c.JSONBlob(201, append(b, "]}\n"...))
+	}
 	return c.JSON(201, map[string]any{"ids": ids})
+}
+
+// mayHaveItemsKey says whether body may hold a key the batch form's "items" field matches
+// (encoding/json matches field names case-insensitively, and keys may be escaped).
+func mayHaveItemsKey(body []byte) bool {
+	for _, c := range body {
+		if c == '\\' || c >= 0x80 { // escapes; non-ASCII folding (encoding/json folds 'ſ' to 's')
+			return true
+		}
+	}
+	for i := 0; i+6 <= len(body); i++ {
+		if bytes.EqualFold(body[i:i+6], []byte(`items"`)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Adapter) adminItem(c echo.Context) error {

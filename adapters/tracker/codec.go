@@ -45,11 +45,30 @@ func (e *FrameError) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Me
 // DecodeFrame parses one text frame. first says whether it is the connection's first frame (only
 // the first frame may be the hello).
 func DecodeFrame(data []byte, first bool) (*Request, *FrameError) {
+	top, ok := quickObject(data, false)
+	if !ok {
+		// json.Unmarshal refuses anything after the object (no Decoder: this runs on every frame)
+		if err := json.Unmarshal(data, &top); err != nil || top == nil {
+			return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
+		}
+	}
+	return decodeTop(top, first)
+}
+
+// decodeFrameSlow is DecodeFrame with encoding/json only (the reference of the quick paths).
+func decodeFrameSlow(data []byte, first bool) (*Request, *FrameError) {
 	var top map[string]json.RawMessage
-	// json.Unmarshal refuses anything after the object (no Decoder: this runs on every frame)
 	if err := json.Unmarshal(data, &top); err != nil || top == nil {
 		return nil, &FrameError{Status: 400, Message: "Invalid JSON"}
 	}
+	return decodeTopWith(top, first, false)
+}
+
+func decodeTop(top map[string]json.RawMessage, first bool) (*Request, *FrameError) {
+	return decodeTopWith(top, first, true)
+}
+
+func decodeTopWith(top map[string]json.RawMessage, first, quick bool) (*Request, *FrameError) {
 	_, hasType := top["type"]
 	if first && !hasType {
 		if v, ok := top["v"]; ok {
@@ -69,18 +88,133 @@ func DecodeFrame(data []byte, first bool) (*Request, *FrameError) {
 	if !ok || !hasSeq {
 		return nil, &FrameError{Status: 400, Message: "Missing message data", Seq: r.Seq, HasSeq: hasSeq}
 	}
-	if err := json.Unmarshal(typRaw, &r.Type); err != nil || r.Type == "" {
+	if s, ok := quickString(typRaw); quick && ok {
+		r.Type = s
+	} else if err := json.Unmarshal(typRaw, &r.Type); err != nil {
+		return nil, &FrameError{Status: 400, Message: "Missing message data", Seq: r.Seq, HasSeq: true}
+	}
+	if r.Type == "" {
 		return nil, &FrameError{Status: 400, Message: "Missing message data", Seq: r.Seq, HasSeq: true}
 	}
 	if raw, ok := top["request"]; ok && !isNull(raw) {
 		if len(bytes.TrimSpace(raw)) == 0 || bytes.TrimSpace(raw)[0] != '{' {
 			return nil, &FrameError{Status: 400, Message: "Parameter request must be an object or null", Seq: r.Seq, HasSeq: true}
 		}
-		if err := json.Unmarshal(raw, &r.Params); err != nil {
-			return nil, &FrameError{Status: 400, Message: "Parameter request must be an object or null", Seq: r.Seq, HasSeq: true}
+		var params map[string]json.RawMessage
+		if quick {
+			params, quick = quickObject(raw, true)
 		}
+		if !quick {
+			if err := json.Unmarshal(raw, &params); err != nil {
+				return nil, &FrameError{Status: 400, Message: "Parameter request must be an object or null", Seq: r.Seq, HasSeq: true}
+			}
+		}
+		r.Params = params
 	}
 	return r, nil
+}
+
+// quickObject is json.Unmarshal(b, &m) for a map[string]json.RawMessage, without reflection, for
+// valid objects whose keys are plain printable ASCII (no escapes); false for anything else (the
+// caller then uses json.Unmarshal). copyVals copies the values out of b (otherwise they point
+// into b).
+func quickObject(b []byte, copyVals bool) (map[string]json.RawMessage, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' || !json.Valid(b) {
+		return nil, false
+	}
+	if copyVals {
+		b = bytes.Clone(b)
+	}
+	m := make(map[string]json.RawMessage, 4)
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return m, true
+	}
+	for i < len(b) {
+		// key: b is valid JSON, so b[i] is '"'
+		k := i + 1
+		for k < len(b) && b[k] != '"' {
+			if c := b[k]; c == '\\' || c < 0x20 || c >= 0x7f {
+				return nil, false
+			}
+			k++
+		}
+		key := string(b[i+1 : k])
+		i = skipSpace(b, k+1) + 1 // past ':'
+		i = skipSpace(b, i)
+		end := skipValue(b, i)
+		m[key] = json.RawMessage(b[i:end:end])
+		i = skipSpace(b, end)
+		if i >= len(b) || b[i] == '}' {
+			break
+		}
+		i = skipSpace(b, i+1) // past ','
+	}
+	return m, true
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the JSON value starting at b[i] (b is valid JSON).
+func skipValue(b []byte, i int) int {
+	depth := 0
+	for i < len(b) {
+		switch c := b[i]; c {
+		case '"':
+			i++
+			for i < len(b) && b[i] != '"' {
+				if b[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			i++
+		case '{', '[':
+			depth++
+			i++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			i++
+		case ',':
+			if depth == 0 {
+				return i
+			}
+			i++
+		case ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+			i++
+		default:
+			i++
+		}
+		if depth == 0 && i > 0 && (b[i-1] == '"' || b[i-1] == '}' || b[i-1] == ']') {
+			return i
+		}
+	}
+	return i
+}
+
+// quickString reads a JSON string of plain printable ASCII without escapes.
+func quickString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	for _, c := range raw[1 : len(raw)-1] {
+		if c == '\\' || c == '"' || c < 0x20 || c >= 0x7f {
+			return "", false
+		}
+	}
+	return string(raw[1 : len(raw)-1]), true
 }
 
 func decodeHello(v, p json.RawMessage) (*Request, *FrameError) {

@@ -253,7 +253,7 @@ func (q *Queue) invalidateTypeConfig(ptype string) {
 
 // publishToken puts a ready token for r (whose Gen is already the new generation).
 func (q *Queue) publishToken(ctx context.Context, r *Record) error {
-	b, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	b := encodeToken(r.ID, r.Gen)
 	subj := q.readySubject(r)
 	if _, err := q.js.Publish(ctx, subj, b, jetstream.PubOpts{}); err != nil {
 		return fmt.Errorf("ready token %s: %w", r.ID, err)
@@ -382,7 +382,7 @@ func (q *Queue) emptied(ptype, subject string) {
 }
 
 func (q *Queue) publishStashToken(ctx context.Context, r *Record) error {
-	b, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	b := encodeToken(r.ID, r.Gen)
 	if _, err := q.js.Publish(ctx, q.stashSubject(*r.Stash), b, jetstream.PubOpts{MsgID: "stash:" + r.ID}); err != nil {
 		return fmt.Errorf("stash token %s: %w", r.ID, err)
 	}
@@ -571,7 +571,7 @@ func (q *Queue) enqueue(ctx context.Context, it NewItem, lookFirst bool) (id str
 // was stored, the token is published again; if that fails too, the record is deleted (CAS on its
 // revision) so that nothing is half-applied.
 func (q *Queue) createWithToken(ctx context.Context, r *Record, val []byte) (uint64, error) {
-	tb, _ := json.Marshal(token{ID: r.ID, Gen: r.Gen})
+	tb := encodeToken(r.ID, r.Gen)
 	subj := q.readySubject(r)
 	tf, terr := q.js.PublishAsync(subj, tb, jetstream.PubOpts{})
 	if terr != nil {
@@ -974,8 +974,8 @@ func (q *Queue) claimFrom(ctx context.Context, subject string, cons *jetstream.T
 
 // take claims the item of one ready token if the token is current; nil when it is stale.
 func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version string) (*Record, error) {
-	var tok token
-	if err := json.Unmarshal(job.Data, &tok); err != nil || tok.ID == "" {
+	tok, terr := decodeToken(job.Data)
+	if terr != nil || tok.ID == "" {
 		_ = job.AckAsync()
 		return nil, nil
 	}

@@ -6,6 +6,7 @@ package tracker
 // exponent or refuses, metadata that compacting would change) takes json.Marshal's own path.
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"strconv"
@@ -221,4 +222,41 @@ func plainJSON(raw []byte) bool {
 		}
 	}
 	return json.Valid(raw)
+}
+
+// encodeToken is json.Marshal(token{ID: id, Gen: gen}).
+func encodeToken(id string, gen uint64) []byte {
+	b := make([]byte, 0, 24+len(id)+20)
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, id)
+	b = append(b, `,"gen":`...)
+	b = strconv.AppendUint(b, gen, 10)
+	return append(b, '}')
+}
+
+// decodeToken is json.Unmarshal into a token: the form encodeToken writes is read by hand.
+func decodeToken(b []byte) (token, error) {
+	const pre, mid = `{"id":"`, `","gen":`
+	if bytes.HasPrefix(b, []byte(pre)) && len(b) > len(pre) && b[len(b)-1] == '}' {
+		rest := b[len(pre) : len(b)-1]
+		if q := bytes.IndexByte(rest, '"'); q >= 0 && bytes.HasPrefix(rest[q:], []byte(mid)) {
+			id, num := rest[:q], rest[q+len(mid):]
+			plain := len(num) > 0 && len(num) <= 19 && (num[0] != '0' || len(num) == 1)
+			for _, c := range num {
+				plain = plain && c >= '0' && c <= '9'
+			}
+			for _, c := range id {
+				plain = plain && c >= 0x20 && c < 0x7f && c != '\\'
+			}
+			if plain {
+				gen, err := strconv.ParseUint(string(num), 10, 64)
+				if err == nil {
+					return token{ID: string(id), Gen: gen}, nil
+				}
+			}
+		}
+	}
+	var t token
+	err := json.Unmarshal(b, &t)
+	return t, err
 }

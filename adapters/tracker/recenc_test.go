@@ -111,3 +111,37 @@ func TestNewIDShape(t *testing.T) {
 		t.Fatalf("uuidString = %s", got)
 	}
 }
+
+func TestTokenCodec(t *testing.T) {
+	for _, tk := range []token{{"0f8fad5b-d9cb-469f-a165-70867728950e", 1}, {"x", 0}, {"a<b", 18446744073709551615}, {"é\"", 7}, {"", 3}} {
+		want, _ := json.Marshal(tk)
+		if got := encodeToken(tk.ID, tk.Gen); !bytes.Equal(got, want) {
+			t.Errorf("encode %+v: %s, want %s", tk, got, want)
+		}
+		if got, err := decodeToken(want); err != nil || got != tk {
+			t.Errorf("decode %s: %+v %v", want, got, err)
+		}
+	}
+	for _, b := range []string{`{"id":"a","gen":01}`, `{"id":"a","gen":-1}`, `{"id":"a","gen":1.5}`, `{"id":"a\u0062","gen":2}`,
+		`{"id":"a","gen":99999999999999999999}`, `{"gen":2,"id":"a"}`, `{"id":"a","gen":2,"x":1}`, `{"id":"a","gen":}`, `x`, `{"id":"a","gen":2} `} {
+		var want token
+		werr := json.Unmarshal([]byte(b), &want)
+		got, err := decodeToken([]byte(b))
+		if (err == nil) != (werr == nil) || (err == nil && got != want) {
+			t.Errorf("decode %s: %+v %v, want %+v %v", b, got, err, want, werr)
+		}
+	}
+}
+
+func FuzzDecodeToken(f *testing.F) {
+	f.Add([]byte(`{"id":"0f8fad5b-d9cb-469f-a165-70867728950e","gen":12}`))
+	f.Add([]byte(`{"id":"a","gen":0}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want token
+		werr := json.Unmarshal(b, &want)
+		got, err := decodeToken(b)
+		if (err == nil) != (werr == nil) || (err == nil && got != want) {
+			t.Fatalf("decode %q: %+v %v, want %+v %v", b, got, err, want, werr)
+		}
+	})
+}

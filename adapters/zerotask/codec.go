@@ -218,11 +218,10 @@ func unquote(raw json.RawMessage) (string, bool) {
 }
 
 func firstByte(b []byte) byte {
-	b = bytes.TrimLeft(b, " \t\r\n")
-	if len(b) == 0 {
-		return 0
+	if i := skipSpace(b, 0); i < len(b) {
+		return b[i]
 	}
-	return b[0]
+	return 0
 }
 
 // falsy reports a JSON value Python considers false (the original leaves such ids out).

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -196,7 +195,16 @@ func plainKey(quoted []byte) (string, bool) {
 	return string(inner), true
 }
 
-func asciiKey(k string) bool {
+// plainKeyBytes is plainKey without the string (no allocation).
+func plainKeyBytes(quoted []byte) ([]byte, bool) {
+	inner := quoted[1 : len(quoted)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 {
+		return nil, false
+	}
+	return inner, true
+}
+
+func asciiKey[S string | []byte](k S) bool {
 	for i := 0; i < len(k); i++ {
 		if k[i] >= utf8.RuneSelf {
 			return false
@@ -230,7 +238,7 @@ func fastRequest(frame []byte, owned bool) (obj wireRequest, ok bool) {
 		if ke < 0 {
 			return obj, false
 		}
-		k, plain := plainKey(b[i:ke])
+		k, plain := plainKeyBytes(b[i:ke])
 		if !plain || !asciiKey(k) {
 			return obj, false
 		}
@@ -244,7 +252,7 @@ func fastRequest(frame []byte, owned bool) (obj wireRequest, ok bool) {
 			return obj, false
 		}
 		var dst *json.RawMessage
-		switch k {
+		switch string(k) { // (compared without a conversion)
 		case "jsonrpc":
 			dst = &obj.JSONRPC
 		case "method":
@@ -255,7 +263,7 @@ func fastRequest(frame []byte, owned bool) (obj wireRequest, ok bool) {
 			dst = &obj.ID
 		default:
 			for _, n := range [...]string{"jsonrpc", "method", "params", "id"} {
-				if strings.EqualFold(k, n) {
+				if bytes.EqualFold(k, []byte(n)) {
 					return obj, false // encoding/json matches names case-insensitively
 				}
 			}

@@ -38,6 +38,8 @@ type Pipeline struct {
 	pending map[uint64]*Pending
 	closed  bool
 
+	streams map[string]string // interned stream names of acknowledgements (onAck only)
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -62,7 +64,7 @@ func (c *Client) NewPipeline(timeout time.Duration) (*Pipeline, error) {
 		timeout = 30 * time.Second
 	}
 	p := &Pipeline{c: c, prefix: c.nc.NewInbox() + ".", timeout: timeout, pending: map[uint64]*Pending{},
-		stop: make(chan struct{})}
+		stop: make(chan struct{}), streams: map[string]string{}}
 	sub, err := c.nc.Subscribe(p.prefix+"*", p.onAck)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline inbox: %w", err)
@@ -100,8 +102,16 @@ func (p *Pipeline) Publish(subject string, data []byte, o PubOpts, cb func(PubAc
 // still lastSeq (0: the subject holds no message), expiring after ttl when ttl > 0. A failed
 // condition is ErrConflict.
 func (p *Pipeline) PublishExpect(subject string, data []byte, lastSeq uint64, ttl time.Duration, cb func(PubAck, error)) (*Pending, error) {
-	if lastSeq == 0 && ttl <= 0 {
-		return p.send(&nats.Msg{Subject: subject, Data: data, Header: expectEmpty}, "", cb)
+	if ttl <= 0 {
+		if lastSeq == 0 {
+			return p.send(&nats.Msg{Subject: subject, Data: data, Header: expectEmpty}, "", cb)
+		}
+		// nats.go has encoded the header when the publish returns: the map is reused.
+		hp := expectPool.Get().(*expectHeader)
+		hp.v[0] = strconv.FormatUint(lastSeq, 10)
+		pd, err := p.send(&nats.Msg{Subject: subject, Data: data, Header: hp.h}, "", cb)
+		expectPool.Put(hp)
+		return pd, err
 	}
 	h := Header{jetstream.ExpectedLastSubjSeqHeader: []string{strconv.FormatUint(lastSeq, 10)}}
 	if ttl > 0 {
@@ -124,6 +134,17 @@ func (p *Pipeline) KVCreate(k *KV, key string, val []byte, cb func(PubAck, error
 	return p.send(m, key, cb)
 }
 
+// expectHeader is a reusable header holding only an expected last subject sequence.
+type expectHeader struct {
+	h Header
+	v []string
+}
+
+var expectPool = sync.Pool{New: func() any {
+	v := []string{""}
+	return &expectHeader{h: Header{jetstream.ExpectedLastSubjSeqHeader: v}, v: v}
+}}
+
 // expectEmpty is the header of a publish expecting an empty subject, shared by such publishes
 // (nats.go only reads a message's header).
 var expectEmpty = Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}
@@ -142,7 +163,8 @@ func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pe
 	pd.id = p.next
 	p.pending[pd.id] = pd
 	p.mu.Unlock()
-	m.Reply = string(strconv.AppendUint([]byte(p.prefix), pd.id, 10))
+	var rb [64]byte
+	m.Reply = string(strconv.AppendUint(append(rb[:0], p.prefix...), pd.id, 10))
 	if err := p.c.nc.PublishMsg(m); err != nil {
 		err = fmt.Errorf("publish %s: %w", m.Subject, err)
 		if p.take(pd.id) != nil && cb != nil {
@@ -166,6 +188,15 @@ func (p *Pipeline) onAck(m *nats.Msg) {
 	var ack PubAck
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		err = fmt.Errorf("publish %s: %w", pd.subject, ErrNoResponders)
+	} else if name, seq, dup, ok := quickAckParts(m.Data); ok {
+		stream, known := p.streams[string(name)] // (onAck runs on one goroutine)
+		if !known {
+			stream = string(name)
+			if len(p.streams) < 64 {
+				p.streams[stream] = stream
+			}
+		}
+		ack = PubAck{Stream: stream, Sequence: seq, Duplicate: dup}
 	} else if ack, err = ParseAck(m.Data); err != nil {
 		if pd.create != "" && errors.Is(err, ErrConflict) {
 			err = fmt.Errorf("kv create %s: %w", pd.create, ErrExists)
@@ -193,9 +224,18 @@ func ParseAck(b []byte) (PubAck, error) {
 // quickAck reads the usual acknowledgement, {"stream":"S","seq":N} (optionally with
 // ,"duplicate":true), without a generic parser; anything else is left to parsePubAck.
 func quickAck(b []byte) (PubAck, bool) {
+	name, seq, dup, ok := quickAckParts(b)
+	if !ok {
+		return PubAck{}, false
+	}
+	return PubAck{Stream: string(name), Sequence: seq, Duplicate: dup}, true
+}
+
+// quickAckParts is quickAck without allocating the stream name.
+func quickAckParts(b []byte) (stream []byte, seq uint64, dup, ok bool) {
 	const head, mid = `{"stream":"`, `","seq":`
 	if len(b) < len(head)+len(mid)+3 || string(b[:len(head)]) != head {
-		return PubAck{}, false
+		return nil, 0, false, false
 	}
 	rest := b[len(head):]
 	i := 0
@@ -203,26 +243,26 @@ func quickAck(b []byte) (PubAck, bool) {
 		i++
 	}
 	if i == 0 || len(rest)-i < len(mid)+2 || string(rest[i:i+len(mid)]) != mid {
-		return PubAck{}, false
+		return nil, 0, false, false
 	}
-	ack := PubAck{Stream: string(rest[:i])}
+	stream = rest[:i]
 	rest = rest[i+len(mid):]
 	n := 0
 	for n < len(rest) && n < 20 && rest[n] >= '0' && rest[n] <= '9' {
-		ack.Sequence = ack.Sequence*10 + uint64(rest[n]-'0')
+		seq = seq*10 + uint64(rest[n]-'0')
 		n++
 	}
-	if n == 0 || n == 20 || ack.Sequence == 0 {
-		return PubAck{}, false
+	if n == 0 || n == 20 || seq == 0 {
+		return nil, 0, false, false
 	}
 	switch string(rest[n:]) {
 	case "}":
 	case `,"duplicate":true}`:
-		ack.Duplicate = true
+		dup = true
 	default:
-		return PubAck{}, false
+		return nil, 0, false, false
 	}
-	return ack, true
+	return stream, seq, dup, true
 }
 
 // take removes a publish from the waiting ones (nil if it is no longer there): whoever takes it

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetbridge/jetbridge/jetstream"
 )
@@ -196,6 +197,14 @@ func lookup(method string) (string, handler) {
 // every problem becomes a JSON-RPC error. The frame belongs to Handle from then on (decoded params
 // are kept in task records without a copy): callers pass a buffer nobody reuses.
 func (b *Broker) Handle(ctx context.Context, c caller, frame []byte) []byte {
+	// The usual frame, one well-formed request object, skips Decoded (as decode would take it).
+	if i := skipSpace(frame, 0); i < len(frame) && frame[i] == '{' && utf8.Valid(frame) {
+		if obj, ok := fastRequest(frame, true); ok {
+			r, e := decodeObject(&obj)
+			out, _ := b.call(ctx, c, r, e)
+			return out
+		}
+	}
 	d, perr := decode(frame, true)
 	if perr != nil {
 		b.m.request("invalid", perr.Code)

@@ -133,6 +133,7 @@ type Queue struct {
 	cfgCache map[string]cachedCfg
 
 	index *claimIndex
+	pipe  *jetstream.Pipeline // writes in flight together (closed by close)
 
 	// ready tokens fetched in advance, per subject (readahead.go)
 	raMu     sync.Mutex
@@ -187,6 +188,9 @@ func newQueue(ctx context.Context, js *jetstream.Client, pod string, log *slog.L
 		return nil, err
 	}
 	if q.config, err = js.KV(ctx, bucketConfig); err != nil {
+		return nil, err
+	}
+	if q.pipe, err = js.NewPipeline(30 * time.Second); err != nil {
 		return nil, err
 	}
 	return q, nil
@@ -573,11 +577,11 @@ func (q *Queue) enqueue(ctx context.Context, it NewItem, lookFirst bool) (id str
 func (q *Queue) createWithToken(ctx context.Context, r *Record, val []byte) (uint64, error) {
 	tb := encodeToken(r.ID, r.Gen)
 	subj := q.readySubject(r)
-	tf, terr := q.js.PublishAsync(subj, tb, jetstream.PubOpts{})
+	tf, terr := q.pipe.Publish(subj, tb, jetstream.PubOpts{}, nil)
 	if terr != nil {
 		return 0, fmt.Errorf("ready token %s: %w", r.ID, terr)
 	}
-	cf, err := q.items.CreateAsync(r.ID, val)
+	cf, err := q.pipe.KVCreate(q.items, r.ID, val, nil)
 	if err != nil {
 		_, _ = tf.Wait(ctx) // the token alone is an orphan, dropped when claimed
 		return 0, fmt.Errorf("enqueue %s: %w", r.ID, err)
@@ -852,6 +856,7 @@ func (q *Queue) close() {
 	for _, t := range all {
 		t.Close()
 	}
+	q.pipe.Close()
 }
 
 type candidate struct {

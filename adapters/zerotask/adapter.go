@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/jetbridge/jetbridge/adapters/zmtp"
@@ -63,6 +64,10 @@ type Adapter struct {
 	// as a string).
 	peerMu sync.RWMutex
 	peers  map[string]string
+
+	// outReply and outNotify are MessagesOut{zerotask, reply|notification}, resolved once (nil
+	// without metrics).
+	outReply, outNotify prometheus.Counter
 }
 
 // maxPeers bounds the interned routing ids (ids of requests answered after their connection
@@ -166,6 +171,10 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		return err
 	}
 	a.env, a.log = env, env.Log
+	if env.Metrics != nil {
+		a.outReply = env.Metrics.MessagesOut.WithLabelValues(protocol, "reply")
+		a.outNotify = env.Metrics.MessagesOut.WithLabelValues(protocol, "notification")
+	}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -310,8 +319,8 @@ var (
 
 // forward sends a notification frame to this pod's PUB subscribers.
 func (a *Adapter) forward(frame []byte) {
-	if _, err := a.pub.Publish(frame); err == nil && a.env.Metrics != nil {
-		a.env.Metrics.MessagesOut.WithLabelValues(protocol, "notification").Inc()
+	if _, err := a.pub.Publish(frame); err == nil && a.outNotify != nil {
+		a.outNotify.Inc()
 	}
 }
 
@@ -390,8 +399,8 @@ func (a *Adapter) serveZMQ(m zmtp.Message) {
 		a.log.Debug("zerotask: reply", "peer", fmt.Sprintf("%x", m.Peer), "err", err)
 		return
 	}
-	if a.env.Metrics != nil {
-		a.env.Metrics.MessagesOut.WithLabelValues(protocol, "reply").Inc()
+	if a.outReply != nil {
+		a.outReply.Inc()
 	}
 }
 

@@ -301,6 +301,10 @@ func (a *Adapter) startNATS(ctx context.Context) error {
 		return fmt.Errorf("zerotask: %w", err)
 	}
 	stop, err := cons.Consume(func(j *jetstream.Job) {
+		if j.Deliveries <= 1 {
+			a.b.watch(a.ctx, j) // a fresh delivery is only held (no JetStream call, no timer)
+			return
+		}
 		wctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		defer cancel()
 		a.b.watch(wctx, j)

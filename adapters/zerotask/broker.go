@@ -178,6 +178,10 @@ func init() {
 		"node_status":        (*Broker).nodeStatus,
 		"broker_node_status": (*Broker).nodeStatus,
 	}
+	for name := range methods {
+		knownMethods[strconv.Quote(name)] = name
+		knownMethods[strconv.Quote(MethodPrefix+name)] = MethodPrefix + name
+	}
 }
 
 // MethodPrefix is the namespace of the broker's methods ("zerotask.broker.client_connect"); the

@@ -171,12 +171,15 @@ func decodeObject(obj *wireRequest) (Request, *RPCError) {
 			return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: id must be a string, number or null.")
 		}
 	}
-	if obj.JSONRPC != nil {
+	if obj.JSONRPC != nil && string(obj.JSONRPC) != `"2.0"` {
 		if s, ok := unquote(obj.JSONRPC); !ok || s != "2.0" {
 			return r, rpcErr(CodeInvalidRequest, `Invalid JSON-RPC request: "jsonrpc" must be "2.0".`)
 		}
 	}
-	m, ok := unquote(obj.Method)
+	m, ok := knownMethods[string(obj.Method)] // the usual names without an allocation
+	if !ok {
+		m, ok = unquote(obj.Method)
+	}
 	if !ok || m == "" {
 		return r, rpcErr(CodeInvalidRequest, "Invalid JSON-RPC request: no method.")
 	}
@@ -193,6 +196,10 @@ func decodeObject(obj *wireRequest) (Request, *RPCError) {
 }
 
 // unquote decodes a JSON string (fast when it has no escapes); ok is false for anything else.
+// knownMethods maps the quoted JSON of every broker method name, bare and with MethodPrefix, to
+// the name (filled by init in broker.go).
+var knownMethods = map[string]string{}
+
 func unquote(raw json.RawMessage) (string, bool) {
 	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
 		return "", false

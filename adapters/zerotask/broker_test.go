@@ -155,3 +155,47 @@ func TestInternalErrorWithoutNATS(t *testing.T) {
 		t.Fatalf("broker stopped answering: %d", code)
 	}
 }
+
+// ztclient.CallRaw (the load generators' call): raw results, results larger than its reply
+// buffer, JSON-RPC errors as *ztclient.Error.
+func TestCallRaw(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	p := startPod(t, js)
+	r := req(t, p)
+	ctx := ctxT(t, 10*time.Second)
+	res, err := r.CallRaw(ctx, MethodPrefix+"client_connect", []byte(`[]`))
+	if err != nil || len(res) != 22 || res[0] != '"' {
+		t.Fatalf("client_connect: %s %v", res, err)
+	}
+	cid := string(res)
+	big := `"` + strings.Repeat("x", 9000) + `"`
+	tid, err := r.CallRaw(ctx, MethodPrefix+"client_new_task", []byte(`[`+cid+`, "echo", [`+big+`]]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t1 := string(tid)
+	n := req(t, p)
+	nid, err := n.CallRaw(ctx, "node_connect", []byte(`[]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nidS := string(nid)
+	task, err := n.CallRaw(ctx, "node_task_request", []byte(`[`+nidS+`, `+t1+`]`))
+	if err != nil || !strings.Contains(string(task), big) {
+		t.Fatalf("task request: %.60s… %v", task, err)
+	}
+	if res, err := n.CallRaw(ctx, "node_task_finished", []byte(`[`+nidS+`, `+t1+`, `+big+`]`)); err != nil || string(res) != "true" {
+		t.Fatalf("finished: %s %v", res, err)
+	}
+	if res, err := r.CallRaw(ctx, "client_task_result", []byte(`[`+cid+`, `+t1+`]`)); err != nil || string(res) != big {
+		t.Fatalf("result: %.60s… %v", res, err)
+	}
+	_, err = r.CallRaw(ctx, "no_such_method", []byte(`[]`))
+	var rpcErr *ztclient.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != CodeMethodNotFound {
+		t.Fatalf("unknown method: %v", err)
+	}
+	if res, err := r.CallRaw(ctx, "client_task_status", []byte(`[`+cid+`, `+t1+`]`)); err != nil || string(res) != "7000" {
+		t.Fatalf("status after the error: %s %v", res, err)
+	}
+}

@@ -66,7 +66,11 @@ func dial(ctx context.Context, addr, socketType string) (*conn, error) {
 	return cn, nil
 }
 
-func (cn *conn) readFrame() (zmtp.Frame, error) {
+func (cn *conn) readFrame() (zmtp.Frame, error) { return cn.readFrameInto(nil) }
+
+// readFrameInto reads a frame whose body goes into buf when it fits (the body is then valid
+// until buf is used again).
+func (cn *conn) readFrameInto(buf []byte) (zmtp.Frame, error) {
 	h, err := cn.br.Peek(1)
 	if err != nil {
 		return zmtp.Frame{}, err
@@ -79,7 +83,12 @@ func (cn *conn) readFrame() (zmtp.Frame, error) {
 	if err != nil {
 		return zmtp.Frame{}, err
 	}
-	body := make([]byte, n)
+	var body []byte
+	if uint64(cap(buf)) >= n {
+		body = buf[:n]
+	} else {
+		body = make([]byte, n)
+	}
 	if _, err := io.ReadFull(cn.br, body); err != nil {
 		return zmtp.Frame{}, err
 	}
@@ -138,6 +147,7 @@ type Req struct {
 	out  []byte // send buffer, under wmu
 	req  []byte // request buffer of CallRaw, under mu
 	suf  []byte // expected reply suffix of CallRaw, under mu
+	rbuf []byte // reply buffer of CallRaw, under mu
 	done chan struct{}
 	once sync.Once
 }
@@ -148,7 +158,7 @@ func DialReq(ctx context.Context, addr string) (*Req, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Req{cn: cn, done: make(chan struct{})}
+	r := &Req{cn: cn, done: make(chan struct{}), rbuf: make([]byte, 0, 4096)}
 	go r.idle()
 	return r, nil
 }
@@ -196,15 +206,15 @@ func (r *Req) Close() error {
 func (r *Req) Roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.roundtrip(ctx, frame)
+	return r.roundtrip(ctx, frame, false)
 }
 
 // deadlineSlack is how much earlier than the request's deadline a read may time out: the
 // connection's deadline is moved only when it is off by more, not on every request.
 const deadlineSlack = time.Second
 
-// roundtrip is Roundtrip under r.mu.
-func (r *Req) roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
+// roundtrip is Roundtrip under r.mu; with reuse set the reply is read into r.rbuf.
+func (r *Req) roundtrip(ctx context.Context, frame []byte, reuse bool) ([]byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		if r.rdl.IsZero() || r.rdl.After(dl) || dl.Sub(r.rdl) > deadlineSlack {
 			_ = r.cn.c.SetReadDeadline(dl)
@@ -221,6 +231,9 @@ func (r *Req) roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
+	if reuse {
+		return r.readReply()
+	}
 	msg, err := r.cn.readMessage(&r.wmu)
 	if err != nil {
 		return nil, fmt.Errorf("recv: %w", err)
@@ -229,6 +242,36 @@ func (r *Req) roundtrip(ctx context.Context, frame []byte) ([]byte, error) {
 		return nil, fmt.Errorf("reply of %d frames, not [\"\", body]", len(msg))
 	}
 	return msg[1], nil
+}
+
+// readReply reads a REQ reply, ["", body], into r.rbuf (valid until the next round trip).
+func (r *Req) readReply() ([]byte, error) {
+	var frames [2][]byte
+	n := 0
+	for {
+		f, err := r.cn.readFrameInto(r.rbuf[:0])
+		if err != nil {
+			return nil, fmt.Errorf("recv: %w", err)
+		}
+		if f.IsCommand() {
+			r.cn.command(f, &r.wmu)
+			continue
+		}
+		if n < 2 {
+			frames[n] = f.Body
+		}
+		n++
+		if len(f.Body) > 0 && cap(f.Body) > cap(r.rbuf) {
+			r.rbuf = f.Body[:0] // (a frame larger than the buffer: keep its buffer)
+		}
+		if !f.More() {
+			break
+		}
+	}
+	if n != 2 || len(frames[0]) != 0 {
+		return nil, fmt.Errorf("reply of %d frames, not [\"\", body]", n)
+	}
+	return frames[1], nil
 }
 
 // Call sends a request with a fresh id and decodes its result into out (when not nil). A
@@ -294,7 +337,7 @@ func (r *Req) CallRaw(ctx context.Context, method string, params []byte) (json.R
 	id := q[idAt:]
 	q = append(q, '}')
 	r.req = q
-	rep, err := r.roundtrip(ctx, q)
+	rep, err := r.roundtrip(ctx, q, true)
 	if err != nil {
 		return nil, err
 	}

@@ -157,7 +157,11 @@ func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pe
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("publish %s: %w", m.Subject, ErrPipelineClosed)
+		err := fmt.Errorf("publish %s: %w", m.Subject, ErrPipelineClosed)
+		if cb != nil {
+			cb(PubAck{}, err)
+		}
+		return nil, err
 	}
 	p.next++
 	pd.id = p.next

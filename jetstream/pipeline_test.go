@@ -204,6 +204,10 @@ func TestPipelineFailures(t *testing.T) {
 	if _, err := quick.Publish(silent, []byte("x"), jetstream.PubOpts{}, nil); !errors.Is(err, jetstream.ErrPipelineClosed) {
 		t.Fatalf("publish after close: %v", err)
 	}
+	var cbErr error
+	if _, err := quick.Publish(silent, []byte("x"), jetstream.PubOpts{}, func(_ jetstream.PubAck, err error) { cbErr = err }); !errors.Is(err, jetstream.ErrPipelineClosed) || !errors.Is(cbErr, jetstream.ErrPipelineClosed) {
+		t.Fatalf("publish with a callback after close: %v (callback: %v)", err, cbErr)
+	}
 	quick.Close() // twice is fine
 }
 

@@ -337,13 +337,31 @@ func (x *claimIndex) all() []claimInfo {
 
 func (x *claimIndex) markReady() { x.once.Do(func() { close(x.ready) }) }
 
-// watch feeds the index from the items bucket until ctx ends (restarting the watch if it breaks).
+// watchEvery is how often the index looks for the writes to the items bucket (the writes of a
+// busy bucket come in batches instead of one delivery each).
+const watchEvery = 5 * time.Millisecond
+
+// watch feeds the index from the items bucket until ctx ends (starting the watch again if it
+// cannot be made).
 func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(error)) {
 	for ctx.Err() == nil {
 		x.mu.Lock()
 		clear(x.expect) // a new watch starts over with every item's latest value
 		x.mu.Unlock()
-		ch, err := items.Watch(ctx, ">", true)
+		err := items.WatchBatched(ctx, ">", true, watchEvery, func(e jetstream.Entry) {
+			if e.Key == "" {
+				x.markReady()
+				return
+			}
+			if x.observe(e.Key, e.Revision, e.Value, e.Deleted) {
+				return // this pod's own write: indexed from the record it wrote
+			}
+			if e.Deleted {
+				x.apply(e.Key, e.Revision, nil, nil, true)
+				return
+			}
+			x.apply(e.Key, e.Revision, e.Value, peekRecord(e.Value), true)
+		})
 		if err != nil {
 			onErr(err)
 			select {
@@ -351,21 +369,6 @@ func (x *claimIndex) watch(ctx context.Context, items *jetstream.KV, onErr func(
 				return
 			case <-time.After(time.Second):
 			}
-			continue
-		}
-		for e := range ch {
-			if e.Key == "" {
-				x.markReady()
-				continue
-			}
-			if x.observe(e.Key, e.Revision, e.Value, e.Deleted) {
-				continue // this pod's own write: indexed from the record it wrote
-			}
-			if e.Deleted {
-				x.apply(e.Key, e.Revision, nil, nil, true)
-				continue
-			}
-			x.apply(e.Key, e.Revision, e.Value, peekRecord(e.Value), true)
 		}
 	}
 }

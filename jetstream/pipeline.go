@@ -38,7 +38,8 @@ type Pipeline struct {
 	pending map[uint64]*Pending
 	closed  bool
 
-	streams map[string]string // interned stream names of acknowledgements (onAck only)
+	streams    map[string]string // interned stream names of acknowledgements (onAck only)
+	kvPrefixes sync.Map          // bucket → "$KV.<asset>."
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -51,7 +52,7 @@ type Pending struct {
 	subject string
 	create  string // the key of a KV create (a failed condition is then ErrExists)
 	sent    time.Time
-	done    chan struct{}       // closed when ack/err are set (Wait); nil with a callback
+	done    chan struct{}       // receives once when ack/err are set (Wait); nil with a callback
 	cb      func(PubAck, error) // called instead when set
 	ack     PubAck
 	err     error
@@ -124,13 +125,23 @@ func (p *Pipeline) PublishExpect(subject string, data []byte, lastSeq uint64, tt
 // the key has no stored value at all), expiring ttl from now when ttl > 0. The acknowledged
 // sequence is the new revision; a failed condition is ErrConflict.
 func (p *Pipeline) KVWrite(k *KV, key string, val []byte, rev uint64, ttl time.Duration, cb func(PubAck, error)) (*Pending, error) {
-	return p.PublishExpect("$KV."+k.c.names.Asset(k.name)+"."+key, val, rev, ttl, cb)
+	return p.PublishExpect(p.kvPrefix(k)+key, val, rev, ttl, cb)
+}
+
+// kvPrefix is "$KV.<bucket asset>." of k, built once per bucket.
+func (p *Pipeline) kvPrefix(k *KV) string {
+	if v, ok := p.kvPrefixes.Load(k.name); ok {
+		return v.(string)
+	}
+	v := "$KV." + k.c.names.Asset(k.name) + "."
+	p.kvPrefixes.Store(k.name, v)
+	return v
 }
 
 // KVCreate is KVWrite with rev 0 whose failed condition is ErrExists (as KV.CreateAsync: a key
 // whose value was deleted still has its delete marker and is refused too).
 func (p *Pipeline) KVCreate(k *KV, key string, val []byte, cb func(PubAck, error)) (*Pending, error) {
-	m := &nats.Msg{Subject: "$KV." + k.c.names.Asset(k.name) + "." + key, Data: val, Header: expectEmpty}
+	m := &nats.Msg{Subject: p.kvPrefix(k) + key, Data: val, Header: expectEmpty}
 	return p.send(m, key, cb)
 }
 
@@ -150,9 +161,12 @@ var expectPool = sync.Pool{New: func() any {
 var expectEmpty = Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}
 
 func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pending, error) {
-	pd := &Pending{p: p, subject: m.Subject, create: create, cb: cb, sent: time.Now()}
+	var pd *Pending
 	if cb == nil {
-		pd.done = make(chan struct{})
+		pd = pendingPool.Get().(*Pending) // (back in the pool when Wait returns)
+		pd.p, pd.subject, pd.create, pd.sent = p, m.Subject, create, time.Now()
+	} else {
+		pd = &Pending{p: p, subject: m.Subject, create: create, cb: cb, sent: time.Now()}
 	}
 	p.mu.Lock()
 	if p.closed {
@@ -160,6 +174,8 @@ func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pe
 		err := fmt.Errorf("publish %s: %w", m.Subject, ErrPipelineClosed)
 		if cb != nil {
 			cb(PubAck{}, err)
+		} else {
+			pd.recycle()
 		}
 		return nil, err
 	}
@@ -171,8 +187,15 @@ func (p *Pipeline) send(m *nats.Msg, create string, cb func(PubAck, error)) (*Pe
 	m.Reply = string(strconv.AppendUint(append(rb[:0], p.prefix...), pd.id, 10))
 	if err := p.c.nc.PublishMsg(m); err != nil {
 		err = fmt.Errorf("publish %s: %w", m.Subject, err)
-		if p.take(pd.id) != nil && cb != nil {
-			cb(PubAck{}, err)
+		if p.take(pd.id) != nil {
+			if cb != nil {
+				cb(PubAck{}, err)
+			} else {
+				pd.recycle()
+			}
+		} else if cb == nil {
+			<-pd.done // completed meanwhile (timed out or closed)
+			pd.recycle()
 		}
 		return nil, err
 	}
@@ -285,26 +308,40 @@ func (pd *Pending) complete(ack PubAck, err error) {
 		return
 	}
 	pd.ack, pd.err = ack, err
-	close(pd.done)
+	pd.done <- struct{}{}
+}
+
+// pendingPool recycles the Pendings of publishes waited for (Wait returns them).
+var pendingPool = sync.Pool{New: func() any { return &Pending{done: make(chan struct{}, 1)} }}
+
+// recycle returns a waited-for Pending to the pool; nothing refers to it any more.
+func (pd *Pending) recycle() {
+	done := pd.done
+	*pd = Pending{done: done}
+	pendingPool.Put(pd)
 }
 
 // Wait returns the acknowledgement of a publish sent without callback (ErrConflict when an
 // expected-last-sequence condition failed, ErrExists for a KVCreate of a key that has a value).
-// When ctx ends first, the acknowledgement is no longer awaited.
+// When ctx ends first, the acknowledgement is no longer awaited. Wait is called once: the
+// Pending is reused afterwards.
 func (pd *Pending) Wait(ctx context.Context) (PubAck, error) {
-	if pd.done == nil {
+	if pd.cb != nil {
 		return PubAck{}, fmt.Errorf("publish %s: has a callback", pd.subject)
 	}
 	select {
 	case <-pd.done:
-		return pd.ack, pd.err
 	case <-ctx.Done():
-		if pd.p.take(pd.id) == nil {
-			<-pd.done // completed meanwhile
-			return pd.ack, pd.err
+		if pd.p.take(pd.id) != nil {
+			err := fmt.Errorf("publish %s: %w", pd.subject, ctx.Err())
+			pd.recycle()
+			return PubAck{}, err
 		}
-		return PubAck{}, fmt.Errorf("publish %s: %w", pd.subject, ctx.Err())
+		<-pd.done // completed meanwhile
 	}
+	ack, err := pd.ack, pd.err
+	pd.recycle()
+	return ack, err
 }
 
 // janitor fails publishes waiting longer than the timeout.

@@ -1,11 +1,14 @@
 // Command jetbridge-bench is jetbridge's load generator. Every scenario runs against a pod started
 // in this process (embedded NATS, every listener on 127.0.0.1:0), and, in the same run, the raw
-// JetStream baseline doing the same work, so that the figure that matters is the ratio.
+// JetStream baseline doing the same work, so that the figure that matters is the ratio. The load
+// (devices, nodes, NATS clients of the baseline alike) runs in a client process of its own by
+// default, as real clients do; -clients inproc runs it in the pod's process.
 //
 //	go run ./cmd/jetbridge-bench -scenario raw-workqueue -duration 5s -concurrency 16 -json
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,8 +17,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,14 +49,26 @@ func register(s *scenario) { scenarios[s.name] = s }
 
 // harness is what a scenario gets: a running pod and a plain NATS client to the same server.
 type harness struct {
-	Pod         *bridge.Pod
+	Pod         *bridge.Pod // nil in a client process (-client-of)
 	JS          *jetstream.Client
 	Concurrency int
 	Payload     int
+	addrs       map[string]string // listener → address, in a client process
 }
 
 // Addr is the real address of a pod listener ("tracker", "gilmour", "sink", …).
-func (h *harness) Addr(listener string) string { return h.Pod.Addr(listener) }
+func (h *harness) Addr(listener string) string {
+	if h.Pod == nil {
+		return h.addrs[listener]
+	}
+	return h.Pod.Addr(listener)
+}
+
+// target is what a client process is told of the pod it loads: the pod's listener addresses
+// (the "nats" one included).
+type target struct {
+	Addrs map[string]string `json:"addrs"`
+}
 
 // Result is one measured run.
 type Result struct {
@@ -94,6 +112,9 @@ func run(args []string, out io.Writer) error {
 	rounds := fs.Int("rounds", 1, "alternating rounds of scenario and baseline; the median round of each is reported")
 	podFlags := fs.String("pod-flags", "", `extra flags for the pod, e.g. "--durability strict"`)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the scenario rounds (not the baseline) to this file")
+	traceOut := fs.String("trace", "", "write an execution trace of the first scenario round (not the baseline) to this file")
+	clients := fs.String("clients", "process", `where the load runs: "process" (a separate process, as real clients are: the pod's scheduler is not shared with them) or "inproc" (in this process)`)
+	clientOf := fs.String("client-of", "", "(internal) run one measurement as the client process of the pod described by this JSON target and print the Result as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,11 +136,21 @@ func run(args []string, out io.Writer) error {
 	if *concurrency < 1 || *duration <= 0 || *rounds < 1 {
 		return errors.New("-concurrency, -duration and -rounds must be positive")
 	}
+	if *clientOf != "" {
+		return runClient(*clientOf, sc, *concurrency, *payload, *duration, out)
+	}
+	if *clients != "process" && *clients != "inproc" {
+		return fmt.Errorf(`-clients %q: want "process" or "inproc"`, *clients)
+	}
 	h, stop, err := startHarness(*concurrency, *payload, strings.Fields(*podFlags))
 	if err != nil {
 		return err
 	}
 	defer stop()
+	measure := measureIn
+	if *clients == "process" {
+		measure = measureOut
+	}
 	rep := Report{Scenario: sc.name, Rounds: *rounds}
 	var base *scenario
 	if sc.baseline != "" {
@@ -139,16 +170,32 @@ func run(args []string, out io.Writer) error {
 		}
 		defer prof.Close()
 	}
+	var tf *os.File
+	if *traceOut != "" {
+		if tf, err = os.Create(*traceOut); err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		defer tf.Close()
+	}
 	for r := 0; r < *rounds; r++ {
 		if prof != nil {
 			if err := pprof.StartCPUProfile(prof); err != nil {
 				return fmt.Errorf("cpu profile: %w", err)
 			}
 		}
+		if tf != nil {
+			if err := trace.Start(tf); err != nil {
+				return fmt.Errorf("trace: %w", err)
+			}
+		}
 		res, err := measure(h, sc, *duration)
 		if prof != nil {
 			pprof.StopCPUProfile()
 			prof = nil // one round is profiled
+		}
+		if tf != nil {
+			trace.Stop()
+			tf = nil // one round is traced
 		}
 		if err != nil {
 			return err
@@ -239,9 +286,59 @@ func startHarness(concurrency, payload int, extra []string) (*harness, func(), e
 	return &harness{Pod: pod, JS: js, Concurrency: concurrency, Payload: payload}, stop, nil
 }
 
-// measure runs sc with h.Concurrency workers for d (after a short warm-up) and reports throughput
-// and latency percentiles.
-func measure(h *harness, sc *scenario, d time.Duration) (Result, error) {
+// measureOut runs one measurement of sc in a client process of its own (this program started
+// with -client-of) and returns the Result it prints.
+func measureOut(h *harness, sc *scenario, d time.Duration) (Result, error) {
+	t := target{Addrs: map[string]string{}}
+	for _, l := range h.Pod.Listeners() {
+		t.Addrs[l.Name] = l.Address
+	}
+	tj, _ := json.Marshal(t)
+	exe, err := os.Executable()
+	if err != nil {
+		return Result{}, fmt.Errorf("client process: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*d+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-client-of", string(tj), "-scenario", sc.name, "-duration", d.String(),
+		"-concurrency", strconv.Itoa(h.Concurrency), "-payload", strconv.Itoa(h.Payload))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return Result{}, fmt.Errorf("client process for %s: %w: %s", sc.name, err, strings.TrimSpace(stderr.String()))
+	}
+	var r Result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		return Result{}, fmt.Errorf("client process for %s: result %q: %w", sc.name, stdout.String(), err)
+	}
+	return r, nil
+}
+
+// runClient is the client process: it connects to the pod described by tj, measures sc and
+// prints the Result as JSON.
+func runClient(tj string, sc *scenario, concurrency, payload int, d time.Duration, out io.Writer) error {
+	var t target
+	if err := json.Unmarshal([]byte(tj), &t); err != nil {
+		return fmt.Errorf("-client-of: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	js, err := jetstream.Connect(ctx, jetstream.ConnConfig{URLs: "nats://" + t.Addrs["nats"], Name: "jetbridge-bench-client", Logger: log})
+	if err != nil {
+		return err
+	}
+	defer js.Close()
+	r, err := measureIn(&harness{JS: js, Concurrency: concurrency, Payload: payload, addrs: t.Addrs}, sc, d)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(out).Encode(r)
+}
+
+// measureIn runs sc in this process with h.Concurrency workers for d (after a short warm-up) and
+// reports throughput and latency percentiles.
+func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 	ctx := context.Background()
 	op, cleanup, err := sc.setup(ctx, h)
 	if err != nil {

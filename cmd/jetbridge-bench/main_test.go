@@ -3,13 +3,32 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
 	"testing"
 )
 
+// TestMain lets this test binary be the client process the bench starts (it runs itself with
+// -client-of, as the real binary does).
+func TestMain(m *testing.M) {
+	if slices.Contains(os.Args[1:], "-client-of") {
+		if err := run(os.Args[1:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "jetbridge-bench:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 func TestRawScenariosReportThroughputAndLatency(t *testing.T) {
-	for _, name := range []string{"raw-publish", "raw-workqueue"} {
+	for _, c := range []struct{ name, clients string }{
+		{"raw-publish", "process"}, {"raw-workqueue", "process"}, {"raw-publish", "inproc"}, {"sink-ingest", "process"},
+	} {
+		name := c.name + "/" + c.clients
 		var out bytes.Buffer
-		if err := run([]string{"-scenario", name, "-duration", "300ms", "-concurrency", "4", "-json"}, &out); err != nil {
+		if err := run([]string{"-scenario", c.name, "-clients", c.clients, "-duration", "300ms", "-concurrency", "4", "-json"}, &out); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		var rep Report
@@ -33,5 +52,8 @@ func TestEveryScenarioHasAKnownBaseline(t *testing.T) {
 	}
 	if err := run([]string{"-scenario", "nope"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("unknown scenario must fail")
+	}
+	if err := run([]string{"-scenario", "raw-publish", "-clients", "elsewhere"}, &bytes.Buffer{}); err == nil {
+		t.Fatal("unknown -clients must fail")
 	}
 }

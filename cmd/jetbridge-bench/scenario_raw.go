@@ -70,3 +70,13 @@ func init() {
 		},
 	})
 }
+
+// The run counters of the scenarios name the streams, subjects, clients and pipelines a run
+// creates; they start from the clock so that client processes of one pod (each counting from its
+// own start) never reuse a name.
+func init() {
+	base := time.Now().UnixNano() / 1000 % 1e12 * 1000
+	for _, c := range []*atomic.Int64{&rawSeq, &rawReqSeq, &sinkRun, &trackerRun} {
+		c.Store(base)
+	}
+}

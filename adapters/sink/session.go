@@ -379,6 +379,10 @@ func (s *session) handle(f []byte) bool {
 			// at a time): write it here, saving a hand-off; the next frame waits in the socket
 			if s.inline == nil {
 				s.inline = newPubScratch(s.clientID)
+				// the reader's own reply subscription: the acknowledgement wakes it directly
+				if l, err := a.env.JS.NewLane(); err == nil {
+					s.inline.lane = l
+				}
 			}
 			s.ingest(s.inline, m.ID, m.Event)
 			<-s.sem
@@ -570,6 +574,7 @@ type pubScratch struct {
 	ctx                       context.Context
 	cancel                    context.CancelFunc
 	until                     time.Time
+	lane                      *jetstream.Lane // the inline path's (nil: the client's shared request path)
 }
 
 const publishTimeout = 10 * time.Second
@@ -598,6 +603,9 @@ func (sc *pubScratch) context(now time.Time) context.Context {
 func (sc *pubScratch) release() {
 	if sc.cancel != nil {
 		sc.cancel()
+	}
+	if sc.lane != nil {
+		sc.lane.Close()
 	}
 }
 
@@ -635,7 +643,13 @@ func (s *session) ingest(sc *pubScratch, id uint16, ev Event) {
 	if sc.subj == "" || sc.subjType != ev.TypeID {
 		sc.subj, sc.subjType = s.subjIn(typ), ev.TypeID
 	}
-	ack, err := a.env.JS.PublishLean(ctx, sc.subj, ev.Data, h, msgID)
+	var ack jetstream.PubAck
+	var err error
+	if sc.lane != nil {
+		ack, err = sc.lane.Publish(ctx, sc.subj, ev.Data, h, msgID)
+	} else {
+		ack, err = a.env.JS.PublishLean(ctx, sc.subj, ev.Data, h, msgID)
+	}
 	if err != nil {
 		a.env.Metrics.Errors.WithLabelValues("sink", "write").Inc()
 		s.log.Warn("sink: event not stored", "type", ev.TypeID, "offset", ev.Offset, "err", err)

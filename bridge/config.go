@@ -46,7 +46,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet, adapters []Adapter) {
 	fs.StringVar(&c.DataDir, "data", "./data", "data folder (embedded NATS store, generated certificates)")
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS client listener (off: none)")
 	fs.StringVar(&c.NATSMonitorListen, "nats-monitor-listen", "127.0.0.1:8222", "embedded NATS monitoring listener (off: none)")
-	fs.BoolVar(&c.NATSInProcess, "nats-in-process", false, "connect the pod to the embedded server in-process even when it has a client listener")
+	fs.BoolVar(&c.NATSInProcess, "nats-in-process", true, "connect the pod to its embedded server in-process (false: over the server's loopback client listener, like any client)")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "comma-separated URLs of an existing NATS cluster (no embedded server)")
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "NATS credentials file")
 	fs.StringVar(&c.NATSNkey, "nats-nkey", "", "NATS nkey seed file")

@@ -207,9 +207,12 @@ func (p *Pod) Start(ctx context.Context) (err error) {
 			p.log.Warn("durability fast: the embedded store fsyncs every 2 minutes, so a power loss can lose the last two minutes of acknowledged writes; use --durability strict to fsync every write")
 		}
 	}
-	// With an embedded server that listens, the pod uses loopback TCP like any client: the
-	// in-process pipe is synchronous and measured slower under concurrent load. Without a client
-	// listener it connects in-process.
+	// The pod talks to its embedded server in-process by default: with the clients in other
+	// processes (as they are) this measured faster than loopback TCP for every protocol (Sink
+	// 0.49x -> 0.62x of raw publish, Gilmour requests 0.24x -> 0.30x of raw request-reply), since
+	// no pod <-> server message costs a system call. --nats-in-process=false uses the client
+	// listener like any client (it measured better only with the load generator in the pod's
+	// own process). Without a client listener it is in-process in any case.
 	inProc, urls := p.embedded, cfg.NATSURL
 	if p.embedded != nil && p.embedded.ClientURL() != "" && !cfg.NATSInProcess {
 		inProc, urls = nil, p.embedded.ClientURL()

@@ -99,3 +99,24 @@ func TestLaneDiscardsLateAnswers(t *testing.T) {
 		t.Fatal("an error answer must fail the publish")
 	}
 }
+
+// A subject no stream takes is retried (a leader may be being elected) and then reported as
+// ErrNoResponders; the lane stays usable.
+func TestLaneNoResponders(t *testing.T) {
+	js, _, ctx := pipelineSetup(t)
+	l, err := js.NewLane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	start := time.Now()
+	if _, err := l.Publish(ctx, "lane.nobody", []byte("x"), nil, "id-1"); !errors.Is(err, jetstream.ErrNoResponders) {
+		t.Fatalf("publish to nobody: %v", err)
+	}
+	if el := time.Since(start); el < 400*time.Millisecond {
+		t.Fatalf("gave up after %v, want two retries 250 ms apart", el)
+	}
+	if ack, err := l.Publish(ctx, js.Subject("pipe", "after"), []byte("y"), nil, ""); err != nil || ack.Stream != "PIPE" {
+		t.Fatalf("publish after no responders: %+v %v", ack, err)
+	}
+}

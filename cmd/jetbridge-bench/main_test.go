@@ -56,4 +56,9 @@ func TestEveryScenarioHasAKnownBaseline(t *testing.T) {
 	if err := run([]string{"-scenario", "raw-publish", "-clients", "elsewhere"}, &bytes.Buffer{}); err == nil {
 		t.Fatal("unknown -clients must fail")
 	}
+	for _, bad := range []string{"{", `{"addrs": 1}`, "[]"} {
+		if err := run([]string{"-scenario", "raw-publish", "-client-of", bad}, &bytes.Buffer{}); err == nil {
+			t.Fatalf("client process with target %q must fail", bad)
+		}
+	}
 }

@@ -133,7 +133,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 	}}
-	a.node = &nodeClient{hc: a.hc}
+	a.node = &nodeClient{hc: a.hc, pool: newConnPool()}
 	a.nodes = map[string]nodeRecord{}
 	a.services = map[svcKey]*jetstream.Subscription{}
 	a.pullers = map[slotKey]*puller{}
@@ -228,6 +228,7 @@ func (a *Adapter) Stop() error {
 	_ = a.waitWork(context.Background())
 	a.workers.Wait()
 	a.hc.CloseIdleConnections()
+	a.node.pool.close()
 	return nil
 }
 

@@ -25,6 +25,7 @@ func (a *Adapter) healthLoop() {
 		}
 		a.reconcile() // retries subscriptions that failed; cheap when nothing changed
 		a.checkAll()
+		a.node.pool.sweep() // connections to nodes that went quiet or away
 	}
 }
 

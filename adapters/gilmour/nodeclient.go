@@ -20,7 +20,8 @@ import (
 const maxNodeAnswer = 64 << 20
 
 type nodeClient struct {
-	hc *http.Client
+	hc   *http.Client
+	pool *connPool // handler and lambda calls (nil: hc)
 }
 
 // health outcomes.
@@ -57,20 +58,21 @@ func (n *nodeClient) post(ctx context.Context, r nodeRecord, path string, body a
 	if err != nil {
 		return 0, nil, err
 	}
-	return n.postRaw(ctx, endpoint{raw: r.baseURL() + path, path: path}, b)
+	return n.postRaw(ctx, parsedEndpoint(r, path), b)
 }
 
 // endpoint is a node's handler URL; u is set when it was parsed ahead (once per subscription).
 type endpoint struct {
 	raw, path string
 	u         *url.URL
+	uri       string // u's request URI
 }
 
 // parsedEndpoint parses the handler URL once, as http.NewRequest would for every call.
 func parsedEndpoint(r nodeRecord, path string) endpoint {
 	ep := endpoint{raw: r.baseURL() + path, path: path}
 	if u, err := url.Parse(ep.raw); err == nil && !strings.HasSuffix(u.Host, ":") {
-		ep.u = u
+		ep.u, ep.uri = u, u.RequestURI()
 	}
 	return ep
 }
@@ -79,6 +81,13 @@ var contentTypeJSON = []string{"application/json"}
 
 // postRaw sends the JSON body b to the node's handler.
 func (n *nodeClient) postRaw(ctx context.Context, ep endpoint, b []byte) (int, []byte, error) {
+	if n.pool != nil && ep.u != nil && ep.u.Scheme == "http" && ep.u.User == nil {
+		status, data, err := n.pool.post(ctx, ep.u.Host, ep.uri, b)
+		if err != nil {
+			return status, data, fmt.Errorf("POST %s: %w", ep.path, err)
+		}
+		return status, data, nil
+	}
 	target := ep.raw
 	if ep.u != nil {
 		target = ""
@@ -115,7 +124,7 @@ func (n *nodeClient) call(ctx context.Context, ep endpoint, hcall HandlerCall) M
 		status, body, err = n.postRaw(ctx, ep, b)
 	}
 	switch {
-	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case err != nil && (errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)):
 		return Message{Data: StringData("Execution timed out"), Code: 504}
 	case err != nil:
 		return Message{Data: StringData(err.Error()), Code: 500}

@@ -1223,16 +1223,45 @@ func epochTime(f float64) time.Time {
 	return time.Unix(0, int64(f*1e9))
 }
 
-// Store appends a result to the results stream; the returned id is stable under retry.
-func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, rtype string, result json.RawMessage, decode []string) (string, error) {
+// storedResult is a message of the results stream (schemas/tracker/result.json).
+type storedResult struct {
+	Attempt       int64           `json:"attempt"`
+	Data          json.RawMessage `json:"data"`
+	DecodedFields []string        `json:"decoded_fields"`
+	ID            string          `json:"id"`
+	Item          string          `json:"item"`
+	Pipeline      string          `json:"pipeline"`
+	PipelineType  string          `json:"pipeline_type"`
+	Time          float64         `json:"time"`
+	Type          string          `json:"type"`
+}
+
+// storeRecord is the item record a result is checked against: this pod's copy when the item's
+// claim is in its index (kept current by the bucket watch: a claim changed on another pod a
+// moment ago may not be seen yet, which only matters for a client storing for an attempt that
+// was just revoked), else the bucket's.
+func (q *Queue) storeRecord(ctx context.Context, id string) (*Record, error) {
+	if c, ok := q.index.cached(id); ok {
+		if c.rec != nil {
+			return c.rec, nil
+		}
+		if rec, err := decodeRecord(c.val); err == nil {
+			return rec, nil
+		}
+	}
 	ent, err := q.items.Get(ctx, id)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNotFound) {
-			return "", errStatus(404, "Item %s not found", id)
+			return nil, errStatus(404, "Item %s not found", id)
 		}
-		return "", fmt.Errorf("store %s: %w", id, err)
+		return nil, fmt.Errorf("store %s: %w", id, err)
 	}
-	rec, err := decodeRecord(ent.Value)
+	return decodeRecord(ent.Value)
+}
+
+// Store appends a result to the results stream; the returned id is stable under retry.
+func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, rtype string, result json.RawMessage, decode []string) (string, error) {
+	rec, err := q.storeRecord(ctx, id)
 	if err != nil {
 		return "", err
 	}
@@ -1244,9 +1273,8 @@ func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, r
 		return "", err
 	}
 	newID := resultID(id, attempt, rtype, result, decode)
-	msg := map[string]any{"id": newID, "item": id, "type": rtype, "attempt": attempt, "pipeline": pipeline,
-		"pipeline_type": rec.PipelineType, "time": epoch(time.Now()), "data": data, "decoded_fields": decoded}
-	b, err := json.Marshal(msg)
+	b, err := json.Marshal(storedResult{ID: newID, Item: id, Type: rtype, Attempt: attempt, Pipeline: pipeline,
+		PipelineType: rec.PipelineType, Time: epoch(time.Now()), Data: data, DecodedFields: decoded})
 	if err != nil {
 		return "", errStatus(400, "Parameter result cannot be stored: %v", err)
 	}

@@ -186,17 +186,30 @@ var longAgo = time.Unix(1, 0)
 // be written at all on a kept-alive connection is sent once more on a new one; one that was
 // written is never sent twice (the node may have run it), as with net/http for a POST.
 func (p *connPool) post(ctx context.Context, host, uri string, body []byte) (int, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err // never sent once the caller has given up (net/http does the same)
+	}
 	status, data, err, unsent := p.postOnce(ctx, host, uri, body)
-	if unsent && ctx.Err() == nil {
+	if unsent && ctx.Err() == nil && !errors.Is(err, os.ErrDeadlineExceeded) && !pastDeadline(ctx) {
 		status, data, err, _ = p.postOnce(ctx, host, uri, body)
 	}
 	return status, data, err
+}
+
+// pastDeadline reports a context whose deadline has come (before its timer has marked it done).
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // postOnce is one attempt; unsent says that nothing was written to a reused connection.
 func (p *connPool) postOnce(ctx context.Context, host, uri string, body []byte) (status int, data []byte, err error, unsent bool) {
 	nc, reused, err := p.get(ctx, host)
 	if err != nil {
+		return 0, nil, err, false
+	}
+	if err := ctx.Err(); err != nil { // ended while dialling: the connection stays unused
+		p.put(host, nc)
 		return 0, nil, err, false
 	}
 	dl, _ := ctx.Deadline()
@@ -230,7 +243,7 @@ func (p *connPool) postOnce(ctx context.Context, host, uri string, body []byte) 
 	if n, err := nc.c.Write(w); err != nil {
 		return 0, nil, fail(err), reused && n == 0
 	}
-	nc.budget.n = maxAnswerHeader + maxNodeAnswer
+	nc.budget.n = maxAnswerHeader // status lines and headers, 1xx answers included
 	var resp *http.Response
 	for {
 		if resp, err = http.ReadResponse(nc.br, nil); err != nil {
@@ -241,6 +254,8 @@ func (p *connPool) postOnce(ctx context.Context, host, uri string, body []byte) 
 		}
 		// 1xx (e.g. 103 Early Hints): the answer follows
 	}
+	// the body: at most maxNodeAnswer bytes are kept; chunk framing gets the header allowance
+	nc.budget.n = maxNodeAnswer + maxAnswerHeader
 	data, err = io.ReadAll(io.LimitReader(resp.Body, maxNodeAnswer))
 	if err != nil {
 		return 0, nil, fail(fmt.Errorf("read answer: %w", err)), false

@@ -229,14 +229,15 @@ func TestConnPoolDeadlineClosesTheConnection(t *testing.T) {
 func TestConnPoolBoundsAnswers(t *testing.T) {
 	big := strings.Repeat("x", 1<<20)
 	rn := newRawNode(t, func(c net.Conn, req *http.Request, body string, n int) bool {
-		if req.URL.Path == "/headers" {
+		if req.URL.Path == "/headers" { // 3 MiB of headers, then a proper end and a small body
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
-			for i := 0; i < 3*maxAnswerHeader/len(big)+2; i++ {
+			for i := 0; i < 3*maxAnswerHeader/len(big); i++ {
 				if _, err := io.WriteString(c, "X: "+big[:len(big)-10]+"\r\n"); err != nil {
 					return false
 				}
 			}
-			return false
+			_, _ = io.WriteString(c, "Content-Length: 2\r\n\r\nok")
+			return true
 		}
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"+big[:100])
 		return true
@@ -245,8 +246,8 @@ func TestConnPoolBoundsAnswers(t *testing.T) {
 	defer p.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, _, err := p.post(ctx, rn.host(), "/headers", nil); err == nil {
-		t.Fatal("endless headers must fail the call")
+	if st, data, err := p.post(ctx, rn.host(), "/headers", nil); err == nil {
+		t.Fatalf("3 MiB of headers must fail the call, got %d %q", st, data)
 	}
 	st, data, err := p.post(ctx, rn.host(), "/ok", nil)
 	if err != nil || st != 200 || len(data) != 100 {
@@ -302,5 +303,44 @@ func TestConnPoolSweepAndClose(t *testing.T) {
 	}
 	if _, _, err := p.post(ctx, rn.host(), "/", nil); err != nil || p.idleCount() != 0 {
 		t.Fatalf("after close: %v, idle %d", err, p.idleCount())
+	}
+}
+
+// A call whose context has already ended sends nothing (the node must not run it) and leaves the
+// kept-alive connection in the pool.
+func TestConnPoolSendsNothingForAnEndedContext(t *testing.T) {
+	rn := newRawNode(t, func(c net.Conn, req *http.Request, body string, n int) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+		return true
+	})
+	p := newConnPool()
+	defer p.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := p.post(ctx, rn.host(), "/", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-rn.bodies
+	ended, end := context.WithCancel(context.Background())
+	end()
+	for i := 0; i < 50; i++ {
+		if _, _, err := p.post(ended, rn.host(), "/", nil); !errors.Is(err, context.Canceled) {
+			t.Fatalf("ended context: %v", err)
+		}
+	}
+	past, stop := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer stop()
+	if _, _, err := p.post(past, rn.host(), "/", nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("past deadline: %v", err)
+	}
+	if st, _, err := p.post(ctx, rn.host(), "/", nil); err != nil || st != 204 {
+		t.Fatalf("after: %d %v", st, err)
+	}
+	<-rn.bodies
+	if n := len(rn.bodies); n != 0 {
+		t.Fatalf("the node got %d requests of ended calls", n)
+	}
+	if n := rn.accepted.Load(); n != 1 {
+		t.Fatalf("connections: %d, want 1 (kept)", n)
 	}
 }

@@ -256,3 +256,33 @@ func TestConcurrentPipelines(t *testing.T) {
 		t.Fatalf("queues: %v", q)
 	}
 }
+
+// Item:store checks the claim against the pod's copy of the record, which can lag a claim made
+// through another pod; a copy that says "not yours" is checked against the bucket before a 409.
+func TestStoreWithALaggingCopy(t *testing.T) {
+	js := jstest.Connect(t, jstest.Server(t))
+	a := New()
+	pod := bridgetest.Start(t, js, a)
+	secret := addPipeline(t, pod, "p2")
+	ids := queueItems(t, pod, map[string]any{"item": "https://lag/", "pipeline_type": "brozzler"})
+	c := connect(t, pod.Addrs["tracker"], "p2", secret, true)
+	if got := c.claim("brozzler"); got.Item.ID != ids[0] {
+		t.Fatalf("claim: %+v", got.Item)
+	}
+	// make this pod's copy an older one: the item claimed by p1 (as before a requeue and the
+	// claim by p2 through another pod reached this pod's watch)
+	x := a.q.index
+	x.mu.Lock()
+	ci, ok := x.m[ids[0]]
+	if !ok || ci.rec == nil {
+		x.mu.Unlock()
+		t.Fatalf("claim not in the index with its record: %+v", ci)
+	}
+	stale := ci.rec.clone()
+	stale.Claim.Pipeline = "p1"
+	ci.rec, ci.val = stale, encodeRecord(stale)
+	x.mu.Unlock()
+	c.expect(c.call("Item:store", map[string]any{"id": ids[0], "result_type": "status_code", "attempt": 0, "result": 200}), 201)
+	// the bucket still refuses what is really not p2's
+	c.expect(c.call("Item:store", map[string]any{"id": ids[0], "result_type": "status_code", "attempt": 3, "result": 200}), 409)
+}

@@ -1237,18 +1237,23 @@ type storedResult struct {
 }
 
 // storeRecord is the item record a result is checked against: this pod's copy when the item's
-// claim is in its index (kept current by the bucket watch: a claim changed on another pod a
-// moment ago may not be seen yet, which only matters for a client storing for an attempt that
-// was just revoked), else the bucket's.
-func (q *Queue) storeRecord(ctx context.Context, id string) (*Record, error) {
+// claim is in its index (cached=true; kept current by the bucket watch, so it may lag a change
+// made through another pod a moment ago), else the bucket's.
+func (q *Queue) storeRecord(ctx context.Context, id string) (rec *Record, cached bool, err error) {
 	if c, ok := q.index.cached(id); ok {
 		if c.rec != nil {
-			return c.rec, nil
+			return c.rec, true, nil
 		}
 		if rec, err := decodeRecord(c.val); err == nil {
-			return rec, nil
+			return rec, true, nil
 		}
 	}
+	rec, err = q.bucketRecord(ctx, id)
+	return rec, false, err
+}
+
+// bucketRecord reads an item's record from the bucket.
+func (q *Queue) bucketRecord(ctx context.Context, id string) (*Record, error) {
 	ent, err := q.items.Get(ctx, id)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNotFound) {
@@ -1261,12 +1266,21 @@ func (q *Queue) storeRecord(ctx context.Context, id string) (*Record, error) {
 
 // Store appends a result to the results stream; the returned id is stable under retry.
 func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, rtype string, result json.RawMessage, decode []string) (string, error) {
-	rec, err := q.storeRecord(ctx, id)
+	rec, cached, err := q.storeRecord(ctx, id)
 	if err != nil {
 		return "", err
 	}
 	if err := holder(rec, pipeline, attempt, true); err != nil {
-		return "", err
+		if !cached {
+			return "", err
+		}
+		// this pod's copy may lag a claim made through another pod: the bucket decides
+		if rec, err = q.bucketRecord(ctx, id); err != nil {
+			return "", err
+		}
+		if err := holder(rec, pipeline, attempt, true); err != nil {
+			return "", err
+		}
 	}
 	data, decoded, err := decodeResult(result, decode)
 	if err != nil {

@@ -21,7 +21,7 @@ const maxNodeAnswer = 64 << 20
 
 type nodeClient struct {
 	hc   *http.Client
-	pool *connPool // handler and lambda calls (nil: hc)
+	pool *connPool // handler and lambda calls to http:// URLs (anything else: hc)
 }
 
 // health outcomes.
@@ -81,7 +81,7 @@ var contentTypeJSON = []string{"application/json"}
 
 // postRaw sends the JSON body b to the node's handler.
 func (n *nodeClient) postRaw(ctx context.Context, ep endpoint, b []byte) (int, []byte, error) {
-	if n.pool != nil && ep.u != nil && ep.u.Scheme == "http" && ep.u.User == nil {
+	if ep.u != nil && ep.u.Scheme == "http" && ep.u.User == nil {
 		status, data, err := n.pool.post(ctx, ep.u.Host, ep.uri, b)
 		if err != nil {
 			return status, data, fmt.Errorf("POST %s: %w", ep.path, err)

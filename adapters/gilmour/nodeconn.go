@@ -190,7 +190,7 @@ func (p *connPool) post(ctx context.Context, host, uri string, body []byte) (int
 		return 0, nil, err // never sent once the caller has given up (net/http does the same)
 	}
 	status, data, err, unsent := p.postOnce(ctx, host, uri, body)
-	if unsent && ctx.Err() == nil && !errors.Is(err, os.ErrDeadlineExceeded) && !pastDeadline(ctx) {
+	if unsent && ctx.Err() == nil && !pastDeadline(ctx) {
 		status, data, err, _ = p.postOnce(ctx, host, uri, body)
 	}
 	return status, data, err
@@ -224,7 +224,7 @@ func (p *connPool) postOnce(ctx context.Context, host, uri string, body []byte) 
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && !dl.IsZero() && !time.Now().Before(dl) {
+		if errors.Is(err, os.ErrDeadlineExceeded) && pastDeadline(ctx) {
 			return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
 		}
 		return err

@@ -707,25 +707,7 @@ type revocation struct {
 // stale token or a dead-letter copy, never a todo item without token.
 func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (effects, error)) (*Record, error) {
 	for {
-		var cur *Record
-		var rev uint64
-		var err error
-		if c, ok := q.index.cached(id); ok {
-			rev = c.rev
-			if cur = c.rec; cur == nil {
-				cur, err = decodeRecord(c.val)
-			}
-		} else {
-			ent, gerr := q.items.Get(ctx, id)
-			if gerr != nil {
-				if errors.Is(gerr, jetstream.ErrNotFound) {
-					return nil, errStatus(404, "Item %s not found", id)
-				}
-				return nil, gerr
-			}
-			rev = ent.Revision
-			cur, err = decodeRecord(ent.Value)
-		}
+		cur, rev, _, err := q.current(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -1236,51 +1218,46 @@ type storedResult struct {
 	Type          string          `json:"type"`
 }
 
-// storeRecord is the item record a result is checked against: this pod's copy when the item's
-// claim is in its index (cached=true; kept current by the bucket watch, so it may lag a change
-// made through another pod a moment ago), else the bucket's.
-func (q *Queue) storeRecord(ctx context.Context, id string) (rec *Record, cached bool, err error) {
+// current is an item's record and revision: this pod's copy when the item's claim is in its
+// index (cached=true; kept current by the bucket watch, so it may lag a change made through
+// another pod a moment ago: a CAS write with it fails then), else the bucket's.
+func (q *Queue) current(ctx context.Context, id string) (rec *Record, rev uint64, cached bool, err error) {
 	if c, ok := q.index.cached(id); ok {
 		if c.rec != nil {
-			return c.rec, true, nil
+			return c.rec, c.rev, true, nil
 		}
-		if rec, err := decodeRecord(c.val); err == nil {
-			return rec, true, nil
-		}
+		rec, err := decodeRecord(c.val)
+		return rec, c.rev, true, err
 	}
-	rec, err = q.bucketRecord(ctx, id)
-	return rec, false, err
+	rec, rev, err = q.stored(ctx, id)
+	return rec, rev, false, err
 }
 
-// bucketRecord reads an item's record from the bucket.
-func (q *Queue) bucketRecord(ctx context.Context, id string) (*Record, error) {
+// stored reads an item's record from the bucket.
+func (q *Queue) stored(ctx context.Context, id string) (*Record, uint64, error) {
 	ent, err := q.items.Get(ctx, id)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNotFound) {
-			return nil, errStatus(404, "Item %s not found", id)
+			return nil, 0, errStatus(404, "Item %s not found", id)
 		}
-		return nil, fmt.Errorf("store %s: %w", id, err)
+		return nil, 0, err
 	}
-	return decodeRecord(ent.Value)
+	rec, err := decodeRecord(ent.Value)
+	return rec, ent.Revision, err
 }
 
 // Store appends a result to the results stream; the returned id is stable under retry.
 func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, rtype string, result json.RawMessage, decode []string) (string, error) {
-	rec, cached, err := q.storeRecord(ctx, id)
+	rec, _, cached, err := q.current(ctx, id)
+	if err == nil && cached && holder(rec, pipeline, attempt, true) != nil {
+		// this pod's copy may lag a claim made through another pod: the bucket decides
+		rec, _, err = q.stored(ctx, id)
+	}
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("store %s: %w", id, err) // a status error keeps its status and message
 	}
 	if err := holder(rec, pipeline, attempt, true); err != nil {
-		if !cached {
-			return "", err
-		}
-		// this pod's copy may lag a claim made through another pod: the bucket decides
-		if rec, err = q.bucketRecord(ctx, id); err != nil {
-			return "", err
-		}
-		if err := holder(rec, pipeline, attempt, true); err != nil {
-			return "", err
-		}
+		return "", err
 	}
 	data, decoded, err := decodeResult(result, decode)
 	if err != nil {

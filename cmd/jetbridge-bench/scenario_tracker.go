@@ -86,6 +86,22 @@ func (t *trackerConn) claimCall(ctx context.Context, typ string, req []byte) (st
 	}
 }
 
+// claimNext claims until an item comes (every 200 µs while the queue is empty) and returns its
+// id and _current_attempt.
+func (t *trackerConn) claimNext(ctx context.Context, claimReq []byte) (string, int, error) {
+	for {
+		id, attempt, err := t.claimCall(ctx, "Item:claim", claimReq)
+		if err != nil || id != "" {
+			return id, attempt, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", 0, ctx.Err()
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+}
+
 func trackerAdmin(ctx context.Context, base, path string, in, out any) error {
 	b, ok := in.([]byte)
 	if !ok {
@@ -231,28 +247,18 @@ func init() {
 			claimReq, _ := json.Marshal(map[string]any{"pipeline_type": ptype})
 			return func(ctx context.Context, w int) error {
 				c := conns[w]
-				for {
-					id, attempt, err := c.claimCall(ctx, "Item:claim", claimReq)
-					if err != nil {
-						return err
-					}
-					if id == "" {
-						select { // the producer is behind: wait for it
-						case <-ctx.Done():
-							return ctx.Err()
-						case <-time.After(200 * time.Microsecond):
-						}
-						continue
-					}
-					feeder.took()
-					storeReq, _ := json.Marshal(map[string]any{"result_type": "status_code", "attempt": attempt, "result": 200, "id": id})
-					if _, err := c.call(ctx, "Item:store", storeReq); err != nil {
-						return err
-					}
-					finishReq, _ := json.Marshal(map[string]any{"id": id})
-					_, err = c.call(ctx, "Item:finish", finishReq)
+				id, attempt, err := c.claimNext(ctx, claimReq) // the producer may be behind
+				if err != nil {
 					return err
 				}
+				feeder.took()
+				storeReq, _ := json.Marshal(map[string]any{"result_type": "status_code", "attempt": attempt, "result": 200, "id": id})
+				if _, err := c.call(ctx, "Item:store", storeReq); err != nil {
+					return err
+				}
+				finishReq, _ := json.Marshal(map[string]any{"id": id})
+				_, err = c.call(ctx, "Item:finish", finishReq)
+				return err
 			}, cleanup, nil
 		},
 	})
@@ -285,24 +291,14 @@ func init() {
 				if err := trackerAdmin(ctx, base, "/items", itemBody, &q); err != nil {
 					return err
 				}
-				for {
-					id, err := c.call(ctx, "Item:claim", claimReq)
-					if err != nil {
-						return err
-					}
-					if id == "" {
-						// another worker took the item this one queued; one will come
-						select {
-						case <-ctx.Done():
-							return ctx.Err()
-						case <-time.After(200 * time.Microsecond):
-						}
-						continue
-					}
-					finishReq, _ := json.Marshal(map[string]any{"id": id})
-					_, err = c.call(ctx, "Item:finish", finishReq)
+				// another worker may take the item this one queued; one will come
+				id, _, err := c.claimNext(ctx, claimReq)
+				if err != nil {
 					return err
 				}
+				finishReq, _ := json.Marshal(map[string]any{"id": id})
+				_, err = c.call(ctx, "Item:finish", finishReq)
+				return err
 			}, cleanup, nil
 		},
 	})

@@ -25,6 +25,7 @@ func TestMain(m *testing.M) {
 func TestRawScenariosReportThroughputAndLatency(t *testing.T) {
 	for _, c := range []struct{ name, clients string }{
 		{"raw-publish", "process"}, {"raw-workqueue", "process"}, {"raw-publish", "inproc"}, {"sink-ingest", "process"}, {"tracker", "process"},
+		{"tracker-floor", "process"},
 	} {
 		name := c.name + "/" + c.clients
 		var out bytes.Buffer

@@ -263,6 +263,26 @@ func init() {
 		},
 	})
 	register(&scenario{
+		name:     "tracker-floor",
+		about:    "tracker floor: three System:ping round trips per op over the same kind of WebSocket connections: the round trips of claim → store → finish with no JetStream work, the ceiling of the tracker scenario",
+		baseline: "raw-workqueue",
+		setup: func(ctx context.Context, h *harness) (func(context.Context, int) error, func(), error) {
+			conns, _, _, cleanup, err := trackerSetup(ctx, h)
+			if err != nil {
+				return nil, nil, err
+			}
+			// a pipeline without open claims: System:ping renews nothing, so nothing reaches NATS
+			return func(ctx context.Context, w int) error {
+				for range 3 {
+					if _, err := conns[w].call(ctx, "System:ping", []byte("null")); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, cleanup, nil
+		},
+	})
+	register(&scenario{
 		name:     "tracker-e2e",
 		about:    "tracker end to end: per op one item queued (admin API) → Item:claim → Item:finish over WebSocket, one pipeline per worker",
 		baseline: "raw-workqueue",

@@ -149,9 +149,11 @@ func (k *KV) look(ctx context.Context, api, inbox string, req []byte, ch chan *n
 			return n, false // a gap: a lost answer
 		}
 		*lastCons, *lastSeq = md.Sequence.Consumer, md.Sequence.Stream
+		// a delete or purge, or the marker the server leaves when a value's TTL ran out
 		op := m.Header.Get("KV-Operation")
+		deleted := op == "DEL" || op == "PURGE" || m.Header.Get(jetstream.MarkerReasonHeader) != ""
 		fn(Entry{Key: m.Subject[len(prefix):], Value: m.Data, Revision: md.Sequence.Stream, Created: md.Timestamp,
-			Deleted: op == "DEL" || op == "PURGE"})
+			Deleted: deleted})
 		n++
 		if !*marked && md.NumPending == 0 {
 			*marked = true

@@ -152,3 +152,56 @@ func TestWatchBatched(t *testing.T) {
 		t.Fatal("WatchBatched did not return after cancel")
 	}
 }
+
+// TestWatchBatchedSeesExpiry: a value whose TTL runs out reaches the watch as a deletion (the
+// server's marker), not as a value.
+func TestWatchBatchedSeesExpiry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	js, err := Connect(ctx, ConnConfig{URLs: srv.ClientURL(), Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer js.Close()
+	if _, err := js.Provision(ctx, Assets{Buckets: []BucketSpec{{Name: "WX", LimitMarkerTTL: time.Minute}}}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KV(ctx, "WX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.WriteLean(ctx, "short", []byte("v"), 0, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go func() {
+		_ = kv.WatchBatched(wctx, ">", true, 5*time.Millisecond, func(e Entry) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case e.Key == "":
+				got = append(got, "|")
+			case e.Deleted:
+				got = append(got, "-"+e.Key)
+			default:
+				got = append(got, e.Key+"="+string(e.Value))
+			}
+		})
+	}()
+	eventually(t, 15*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if s := strings.Join(got, " "); s != "short=v | -short" {
+			return errors.New(s)
+		}
+		return nil
+	})
+}

@@ -68,6 +68,7 @@ type Adapter struct {
 	argonMemory    int
 	orderTTL       time.Duration
 	eventsStream   bool
+	keepFinished   time.Duration
 
 	env  *bridge.Env
 	q    *Queue
@@ -124,6 +125,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
 	fs.DurationVar(&a.orderTTL, "tracker-order-refresh", 50*time.Millisecond, "how long claims on this pod reuse the ready queues' per-subject counts (0 = read them on every claim); items queued through another pod may wait this long for their place in the order")
 	fs.BoolVar(&a.eventsStream, "tracker-events-stream", false, "also keep item events in the TRACKER_EVENTS stream (they are always published on core subjects tracker.events.>; storing them costs about a quarter of the per-item throughput)")
+	fs.DurationVar(&a.keepFinished, "tracker-keep-finished", 0, "how long the records of done and error items are kept after they got there (0 = for ever, as the original tracker does; at least 1s otherwise); an expired item reads as unknown (404) and its id can be queued again")
 	fs.IntVar(&a.argonMemory, "tracker-argon2-memory", 19*1024, "argon2id memory cost in KiB for new pipeline secrets")
 	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
 }
@@ -154,7 +156,9 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 				AckWait: 30 * time.Second, MaxDeliver: 10},
 		},
 		Buckets: []jetstream.BucketSpec{
-			{Name: bucketItems, Description: "tracker: item records (status, attempts, claim)"},
+			// per-record TTLs (--tracker-keep-finished) need LimitMarkerTTL; it is set whatever the
+			// flag says so that every pod declares the same bucket
+			{Name: bucketItems, Description: "tracker: item records (status, attempts, claim)", LimitMarkerTTL: itemMarkerTTL},
 			{Name: bucketPipes, Description: "tracker: pipelines (argon2id secret hashes, limits)"},
 			{Name: bucketConfig, Description: "tracker: pipeline type settings and stashes"},
 		},
@@ -174,6 +178,9 @@ func (a *Adapter) metrics() *bridge.Metrics { return a.env.Metrics }
 // Start serves the WebSocket listener and starts the lease sweeper, the submit consumer and the
 // drip-feeder.
 func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
+	if a.keepFinished < 0 || (a.keepFinished > 0 && a.keepFinished < time.Second) {
+		return fmt.Errorf("tracker: --tracker-keep-finished %s: want 0 (for ever) or at least 1s", a.keepFinished)
+	}
 	a.env = env
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.sessions = map[*session]struct{}{}
@@ -217,6 +224,7 @@ func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
 	}
 	a.q = q
 	q.orderTTL = a.orderTTL
+	q.keepFinished = a.keepFinished
 	for _, c := range []prometheus.Collector{a.m.claims, a.m.finishes, a.m.fails, a.m.stores, a.m.revocations, &depthCollector{a: a}} {
 		if err := env.Registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError

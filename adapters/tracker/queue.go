@@ -47,6 +47,10 @@ const (
 	consSubmit    = "TRACKER_SUBMIT_IN"
 )
 
+// itemMarkerTTL is how long the items bucket keeps the marker of a record that expired
+// (--tracker-keep-finished): pods whose watch is behind still see the record go.
+const itemMarkerTTL = 10 * time.Minute
+
 // tokenGrace is how long a ready token whose record is behind it (the writer has published the
 // token but not yet updated the record) is kept before it is taken for an orphan.
 const tokenGrace = 30 * time.Second
@@ -147,6 +151,9 @@ type Queue struct {
 	evStarted bool
 	evKick    chan struct{}
 	evPubMu   sync.Mutex
+
+	// keepFinished is how long the record of a done or error item is kept (0: for ever)
+	keepFinished time.Duration
 
 	// orderTTL is how long the per-subject counts of the ready stream are reused by claims
 	// (0 = read them on every claim).
@@ -734,7 +741,7 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 		}
 		b := encodeRecord(next)
 		q.index.begin(id)
-		nrev, err := q.items.WriteLean(ctx, id, b, rev, 0)
+		nrev, err := q.items.WriteLean(ctx, id, b, rev, q.recordTTL(next))
 		q.index.end(id, err == nil, nrev, b, next)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConflict) {
@@ -754,6 +761,16 @@ func (q *Queue) transition(ctx context.Context, id string, fn func(r *Record) (e
 		}
 		return next, nil
 	}
+}
+
+// recordTTL is how long a record with r's status is kept: --tracker-keep-finished for done and
+// error items, for ever (0) for the others (a later write, such as an operator's requeue of an
+// error item, replaces the record and its TTL).
+func (q *Queue) recordTTL(r *Record) time.Duration {
+	if r.Status == StatusDone || r.Status == StatusError {
+		return q.keepFinished
+	}
+	return 0
 }
 
 func (q *Queue) deadLetter(ctx context.Context, r *Record, reason string) error {

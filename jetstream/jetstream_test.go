@@ -541,3 +541,26 @@ func TestKVWriteLeanExpiresAndDetectsConflicts(t *testing.T) {
 		t.Fatalf("want ErrConflict, got %v", err)
 	}
 }
+
+// TestProvisionKeepsKeyTTLs: a bucket whose per-key TTLs another pod switched on keeps them when
+// a pod that does not need them provisions it (the server refuses to switch them off).
+func TestProvisionKeepsKeyTTLs(t *testing.T) {
+	c := jstest.Connect(t, jstest.Server(t))
+	ctx := ctxT(t)
+	if _, err := c.Provision(ctx, jetstream.Assets{Buckets: []jetstream.BucketSpec{{Name: "KT"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Provision(ctx, jetstream.Assets{Buckets: []jetstream.BucketSpec{{Name: "KT", LimitMarkerTTL: time.Minute}}}); err != nil {
+		t.Fatalf("switching TTLs on: %v", err)
+	}
+	if _, err := c.Provision(ctx, jetstream.Assets{Buckets: []jetstream.BucketSpec{{Name: "KT"}}}); err != nil {
+		t.Fatalf("a pod without TTLs: %v", err)
+	}
+	kv, err := c.KV(ctx, "KT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "k", []byte("v"), time.Second); err != nil {
+		t.Fatalf("a key with a TTL after the second provision: %v", err)
+	}
+}

@@ -277,6 +277,15 @@ func (c *Client) Provision(ctx context.Context, a Assets) ([]AssetState, error) 
 	for _, b := range a.Buckets {
 		cfg := c.bucketConfig(b)
 		err := withRetry(ctx, func(ctx context.Context) error {
+			if cfg.LimitMarkerTTL == 0 {
+				// per-key TTLs cannot be switched off once a bucket allows them (a pod with
+				// another setting enabled them): keep the bucket's
+				if kv, err := c.js.KeyValue(ctx, cfg.Bucket); err == nil {
+					if st, err := kv.Status(ctx); err == nil {
+						cfg.LimitMarkerTTL = st.LimitMarkerTTL()
+					}
+				}
+			}
 			kv, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
 			if err == nil {
 				c.kvMu.Lock()

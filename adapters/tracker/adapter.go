@@ -156,9 +156,7 @@ func (a *Adapter) Assets(n jetstream.Names) jetstream.Assets {
 				AckWait: 30 * time.Second, MaxDeliver: 10},
 		},
 		Buckets: []jetstream.BucketSpec{
-			// per-record TTLs (--tracker-keep-finished) need LimitMarkerTTL; it is set whatever the
-			// flag says so that every pod declares the same bucket
-			{Name: bucketItems, Description: "tracker: item records (status, attempts, claim)", LimitMarkerTTL: itemMarkerTTL},
+			{Name: bucketItems, Description: "tracker: item records (status, attempts, claim)", LimitMarkerTTL: a.itemsMarkerTTL()},
 			{Name: bucketPipes, Description: "tracker: pipelines (argon2id secret hashes, limits)"},
 			{Name: bucketConfig, Description: "tracker: pipeline type settings and stashes"},
 		},
@@ -174,6 +172,17 @@ type trackerMetrics struct {
 }
 
 func (a *Adapter) metrics() *bridge.Metrics { return a.env.Metrics }
+
+// itemsMarkerTTL is the items bucket's LimitMarkerTTL: per-record TTLs are only switched on for
+// --tracker-keep-finished, since a bucket cannot switch them off again (versions of jetbridge
+// before the flag could then no longer start against it). Provisioning keeps them on for pods
+// without the flag once any pod switched them on.
+func (a *Adapter) itemsMarkerTTL() time.Duration {
+	if a.keepFinished > 0 {
+		return itemMarkerTTL
+	}
+	return 0
+}
 
 // Start serves the WebSocket listener and starts the lease sweeper, the submit consumer and the
 // drip-feeder.

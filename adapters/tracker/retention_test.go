@@ -17,7 +17,8 @@ import (
 
 // TestKeepFinished: with --tracker-keep-finished, the records of done and error items expire
 // (404, gone from the queue counts) while claimed items stay; an expired item's id can be queued
-// again; an items bucket made without per-record TTLs (an older jetbridge) is upgraded at start.
+// again; an items bucket made without per-record TTLs (an older jetbridge) is upgraded at start,
+// and a pod without the flag still starts against it.
 func TestKeepFinished(t *testing.T) {
 	srv := jstest.Server(t)
 	js := jstest.Connect(t, srv)
@@ -79,6 +80,11 @@ func TestKeepFinished(t *testing.T) {
 	}
 	if cl := c.claim("k"); cl.Item.ID != ids[0] {
 		t.Fatalf("claim of the queued-again item: %+v", cl.Item)
+	}
+	// a pod without the flag starts against the bucket (its TTLs stay on) and reads the items
+	podB := bridgetest.Start(t, js, New(), "--tracker-argon2-memory=64")
+	if r := getItem(t, podB, ids[0]); r.Status != StatusClaimed {
+		t.Fatalf("through a pod without the flag: %+v", r)
 	}
 }
 

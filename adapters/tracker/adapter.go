@@ -507,13 +507,24 @@ func (a *Adapter) Stop() error {
 }
 
 // depthCollector reports the ready tokens per pipeline type at scrape time.
+// depthCollector reports the claimable items (ready tokens) and the open claims per pipeline
+// type when metrics are scraped.
 type depthCollector struct{ a *Adapter }
 
 var depthDesc = prometheus.NewDesc("jetbridge_tracker_queue_depth", "Ready tokens per pipeline type (claimable items, may include a few stale tokens).", []string{"pipeline_type"}, nil)
 
-func (d *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc }
+var claimsDesc = prometheus.NewDesc("jetbridge_tracker_open_claims", "Claimed items not yet finished or failed, per pipeline type (all pods; the items in limbo are among them).", []string{"pipeline_type"}, nil)
+
+func (d *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc; ch <- claimsDesc }
 
 func (d *depthCollector) Collect(ch chan<- prometheus.Metric) {
+	open := map[string]float64{}
+	for _, c := range d.a.q.index.all() {
+		open[c.ptype]++
+	}
+	for pt, n := range open {
+		ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, n, pt)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	counts, err := d.a.env.JS.SubjectCounts(ctx, streamReady, d.a.env.JS.Subject("tracker", "ready", ">"))

@@ -564,3 +564,31 @@ func TestProvisionKeepsKeyTTLs(t *testing.T) {
 		t.Fatalf("a key with a TTL after the second provision: %v", err)
 	}
 }
+
+// TestProvisionKeyTTLsRace: a pod with per-key TTLs and one without provisioning the same bucket
+// at the same moment both succeed (the one without reads the bucket again when the other switched
+// TTLs on between its read and its update).
+func TestProvisionKeyTTLsRace(t *testing.T) {
+	srv := jstest.Server(t)
+	a, b := jstest.Connect(t, srv), jstest.Connect(t, srv)
+	ctx := ctxT(t)
+	for i := range 20 {
+		name := fmt.Sprint("KR", i)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for j, spec := range []jetstream.BucketSpec{{Name: name, LimitMarkerTTL: time.Minute}, {Name: name}} {
+			c := []*jetstream.Client{a, b}[j]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[j] = c.Provision(ctx, jetstream.Assets{Buckets: []jetstream.BucketSpec{spec}})
+			}()
+		}
+		wg.Wait()
+		for j, err := range errs {
+			if err != nil {
+				t.Fatalf("bucket %s, provisioner %d: %v", name, j, err)
+			}
+		}
+	}
+}

@@ -210,9 +210,19 @@ func (c *Client) bucketConfig(b BucketSpec) jetstream.KeyValueConfig {
 
 // retryable reports errors that a concurrent provisioner (another pod) or a cluster still electing
 // leaders can cause; the operation is simply tried again.
+// jsErrMsgTTLCannotBeDisabled is the server's error code for an update that would switch a
+// stream's message TTLs off.
+const jsErrMsgTTLCannotBeDisabled = 10052
+
+// errBucketChanged asks withRetry for another attempt: the bucket changed under a provisioning.
+var errBucketChanged = errors.New("bucket changed while it was provisioned")
+
 func retryable(err error) bool {
 	if err == nil {
 		return false
+	}
+	if errors.Is(err, errBucketChanged) {
+		return true
 	}
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || errors.Is(err, jetstream.ErrConsumerExists) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
@@ -276,8 +286,9 @@ func (c *Client) Provision(ctx context.Context, a Assets) ([]AssetState, error) 
 	}
 	for _, b := range a.Buckets {
 		cfg := c.bucketConfig(b)
+		ttlReads := 0
 		err := withRetry(ctx, func(ctx context.Context) error {
-			if cfg.LimitMarkerTTL == 0 {
+			if b.LimitMarkerTTL == 0 {
 				// per-key TTLs cannot be switched off once a bucket allows them (a pod with
 				// another setting enabled them): keep the bucket's
 				if kv, err := c.js.KeyValue(ctx, cfg.Bucket); err == nil {
@@ -287,6 +298,12 @@ func (c *Client) Provision(ctx context.Context, a Assets) ([]AssetState, error) 
 				}
 			}
 			kv, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+			var apiErr *jetstream.APIError
+			if b.LimitMarkerTTL == 0 && errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrMsgTTLCannotBeDisabled && ttlReads < 3 {
+				// another pod switched them on between the read and the update: read again
+				ttlReads++
+				return errBucketChanged
+			}
 			if err == nil {
 				c.kvMu.Lock()
 				c.kvs[b.Name] = kv

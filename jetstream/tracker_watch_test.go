@@ -175,9 +175,6 @@ func TestWatchBatchedSeesExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.WriteLean(ctx, "short", []byte("v"), 0, time.Second); err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var got []string
 	wctx, wcancel := context.WithCancel(ctx)
@@ -196,12 +193,19 @@ func TestWatchBatchedSeesExpiry(t *testing.T) {
 			}
 		})
 	}()
-	eventually(t, 15*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if s := strings.Join(got, " "); s != "short=v | -short" {
-			return errors.New(s)
+	state := func(want string) func() error {
+		return func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if s := strings.Join(got, " "); s != want {
+				return errors.New(s)
+			}
+			return nil
 		}
-		return nil
-	})
+	}
+	eventually(t, 10*time.Second, state("|")) // the watch is past the (empty) initial values
+	if _, err := kv.WriteLean(ctx, "short", []byte("v"), 0, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, state("| short=v -short"))
 }

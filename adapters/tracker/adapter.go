@@ -125,7 +125,7 @@ func (a *Adapter) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&a.eventsMaxAge, "tracker-events-max-age", 7*24*time.Hour, "how long item events are kept")
 	fs.DurationVar(&a.orderTTL, "tracker-order-refresh", 50*time.Millisecond, "how long claims on this pod reuse the ready queues' per-subject counts (0 = read them on every claim); items queued through another pod may wait this long for their place in the order")
 	fs.BoolVar(&a.eventsStream, "tracker-events-stream", false, "also keep item events in the TRACKER_EVENTS stream (they are always published on core subjects tracker.events.>; storing them costs about a quarter of the per-item throughput)")
-	fs.DurationVar(&a.keepFinished, "tracker-keep-finished", 0, "how long the records of done and error items are kept after they got there (0 = for ever, as the original tracker does; at least 1s otherwise); an expired item reads as unknown (404) and its id can be queued again")
+	fs.Var((*keepFinishedFlag)(&a.keepFinished), "tracker-keep-finished", "how long the records of done and error items are kept after they got there (0 = for ever, as the original tracker does; at least 1s otherwise); an expired item reads as unknown (404, also to a finish or fail retried after that) and its id can be queued again")
 	fs.IntVar(&a.argonMemory, "tracker-argon2-memory", 19*1024, "argon2id memory cost in KiB for new pipeline secrets")
 	fs.DurationVar(&a.resultsDupeWin, "tracker-results-dedup-window", 20*time.Minute, "window in which a retried Item:store is not stored twice")
 }
@@ -173,6 +173,32 @@ type trackerMetrics struct {
 
 func (a *Adapter) metrics() *bridge.Metrics { return a.env.Metrics }
 
+// keepFinishedFlag is --tracker-keep-finished: a duration checked when the flag is parsed, so
+// that a refused value never reaches provisioning (which would switch the items bucket's
+// per-record TTLs on for good).
+type keepFinishedFlag time.Duration
+
+func (f *keepFinishedFlag) String() string { return time.Duration(*f).String() }
+func (f *keepFinishedFlag) Type() string   { return "duration" }
+func (f *keepFinishedFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if err := checkKeepFinished(d); err != nil {
+		return err
+	}
+	*f = keepFinishedFlag(d)
+	return nil
+}
+
+func checkKeepFinished(d time.Duration) error {
+	if d < 0 || (d > 0 && d < time.Second) {
+		return fmt.Errorf("%s: want 0 (for ever) or at least 1s", d)
+	}
+	return nil
+}
+
 // itemsMarkerTTL is the items bucket's LimitMarkerTTL: per-record TTLs are only switched on for
 // --tracker-keep-finished, since a bucket cannot switch them off again (versions of jetbridge
 // before the flag could then no longer start against it). Provisioning keeps them on for pods
@@ -187,8 +213,8 @@ func (a *Adapter) itemsMarkerTTL() time.Duration {
 // Start serves the WebSocket listener and starts the lease sweeper, the submit consumer and the
 // drip-feeder.
 func (a *Adapter) Start(ctx context.Context, env *bridge.Env) error {
-	if a.keepFinished < 0 || (a.keepFinished > 0 && a.keepFinished < time.Second) {
-		return fmt.Errorf("tracker: --tracker-keep-finished %s: want 0 (for ever) or at least 1s", a.keepFinished)
+	if err := checkKeepFinished(a.keepFinished); err != nil {
+		return fmt.Errorf("tracker: --tracker-keep-finished %w", err)
 	}
 	a.env = env
 	a.ctx, a.cancel = context.WithCancel(context.Background())
@@ -511,9 +537,9 @@ func (a *Adapter) Stop() error {
 // type when metrics are scraped.
 type depthCollector struct{ a *Adapter }
 
-var depthDesc = prometheus.NewDesc("jetbridge_tracker_queue_depth", "Ready tokens per pipeline type (claimable items, may include a few stale tokens).", []string{"pipeline_type"}, nil)
+var depthDesc = prometheus.NewDesc("jetbridge_tracker_queue_depth", "Ready tokens per pipeline type (claimable items, may include a few stale tokens), of the whole tracker: every pod reports the same figure (aggregate with max, not sum).", []string{"pipeline_type"}, nil)
 
-var claimsDesc = prometheus.NewDesc("jetbridge_tracker_open_claims", "Claimed items not yet finished or failed, per pipeline type (all pods; the items in limbo are among them).", []string{"pipeline_type"}, nil)
+var claimsDesc = prometheus.NewDesc("jetbridge_tracker_open_claims", "Claimed items not yet finished or failed, per pipeline type, of the whole tracker: every pod reports the same figure (aggregate with max, not sum).", []string{"pipeline_type"}, nil)
 
 func (d *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc; ch <- claimsDesc }
 
@@ -522,13 +548,16 @@ func (d *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range d.a.q.index.all() {
 		open[c.ptype]++
 	}
-	for pt, n := range open {
-		ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, n, pt)
+	emit := func() {
+		for pt, n := range open {
+			ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, n, pt)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	counts, err := d.a.env.JS.SubjectCounts(ctx, streamReady, d.a.env.JS.Subject("tracker", "ready", ">"))
 	if err != nil {
+		emit()
 		return
 	}
 	prefix := d.a.env.JS.Subject("tracker", "ready", "")
@@ -545,5 +574,9 @@ func (d *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for pt, n := range per {
 		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, n, pt)
+		if _, ok := open[pt]; !ok {
+			open[pt] = 0 // a type with claimable items and no claims
+		}
 	}
+	emit()
 }

@@ -66,8 +66,9 @@ type Record struct {
 	AdminLog     []AdminLog      `json:"admin_log"`
 	Metadata     json.RawMessage `json:"metadata"`
 
-	// Gen counts the times the item was put in the ready queue; a ready token carries the
-	// generation it was published for, so stale tokens are recognised and dropped.
+	// Gen is the ready-queue generation: it starts from the clock (microseconds) when the record
+	// is created and grows by one every time the item is put in the ready queue; a ready token
+	// carries the generation it was published for, so stale tokens are recognised and dropped.
 	Gen   uint64 `json:"gen"`
 	Claim *Claim `json:"claim,omitempty"`
 }

@@ -394,7 +394,7 @@ func (q *Queue) emptied(ptype, subject string) {
 
 func (q *Queue) publishStashToken(ctx context.Context, r *Record) error {
 	b := encodeToken(r.ID, r.Gen)
-	if _, err := q.js.Publish(ctx, q.stashSubject(*r.Stash), b, jetstream.PubOpts{MsgID: "stash:" + r.ID}); err != nil {
+	if _, err := q.js.Publish(ctx, q.stashSubject(*r.Stash), b, jetstream.PubOpts{MsgID: "stash:" + r.ID + ":" + strconv.FormatUint(r.Gen, 10)}); err != nil {
 		return fmt.Errorf("stash token %s: %w", r.ID, err)
 	}
 	return nil
@@ -524,7 +524,7 @@ func (q *Queue) enqueue(ctx context.Context, it NewItem, lookFirst bool) (id str
 	now := epoch(time.Now())
 	r := &Record{ID: id, Item: it.Item, QueuedBy: it.QueuedBy, PipelineType: it.PipelineType, Status: StatusTodo,
 		Attempts: []Attempt{}, QueuedAt: now, Priority: it.Priority, RunOn: it.RunOn, AdminLog: []AdminLog{},
-		Metadata: it.Metadata, Expires: it.Expires, Gen: 1}
+		Metadata: it.Metadata, Expires: it.Expires, Gen: firstGen()}
 	if len(r.Metadata) == 0 {
 		r.Metadata = json.RawMessage("{}")
 	}
@@ -537,7 +537,6 @@ func (q *Queue) enqueue(ctx context.Context, it NewItem, lookFirst bool) (id str
 	if it.Stash != "" {
 		r.Stash = sptr(it.Stash)
 		r.Status = StatusStashed
-		r.Gen = 0
 	}
 	if lookFirst {
 		if ent, err := q.items.Get(ctx, id); err == nil {
@@ -621,6 +620,11 @@ func (q *Queue) createWithToken(ctx context.Context, r *Record, val []byte) (uin
 	q.noteSubject(r.PipelineType, subj)
 	return ack.Sequence, nil
 }
+
+// firstGen is the ready-queue generation of a new record: the clock in microseconds, so that an
+// id queued again after its record expired (--tracker-keep-finished) starts above every
+// generation of its earlier life, and ready tokens left from that life are stale.
+func firstGen() uint64 { return uint64(time.Now().UnixMicro()) }
 
 // sameSubmission checks that a submission with the id of a stored item is that item again (a
 // retried submission: answered like the first one); anything else is a 409.
@@ -987,11 +991,13 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 	var ent jetstream.Entry
 	var cachedRec *Record // ent decoded, when the cache had it
 	var err error
+	fromBucket := false // ent was read from the bucket (the cache may lag it)
 	if c, ok := q.index.todoValue(tok.ID); ok {
 		ent = jetstream.Entry{Key: tok.ID, Value: c.val, Revision: c.rev} // a stale value fails the CAS below
 		cachedRec = c.rec
 	} else {
 		ent, err = q.items.Get(ctx, tok.ID)
+		fromBucket = true
 	}
 	behind := 0 // times the record was found behind the token
 	for {
@@ -1010,7 +1016,10 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 				_ = job.AckAsync()
 				return nil, nil
 			}
-			if rec.Gen > tok.Gen || (rec.Gen == tok.Gen && rec.Status != StatusTodo) {
+			// a token is at most one generation ahead of the stored record (published just
+			// before the record's update); one further ahead is from another life of the id, or
+			// from a create that lost to another pod's
+			if rec.Gen > tok.Gen || (rec.Gen == tok.Gen && rec.Status != StatusTodo) || (fromBucket && tok.Gen > rec.Gen+1) {
 				_ = job.AckAsync() // stale
 				return nil, nil
 			}
@@ -1031,9 +1040,10 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 				}
 				if c, ok := q.index.todoValue(tok.ID); ok && c.rev > ent.Revision {
 					ent, err = jetstream.Entry{Key: tok.ID, Value: c.val, Revision: c.rev}, nil
-					cachedRec = c.rec
+					cachedRec, fromBucket = c.rec, false
 				} else {
 					ent, err = q.items.Get(ctx, tok.ID)
+					fromBucket = true
 				}
 				continue
 			}
@@ -1064,6 +1074,7 @@ func (q *Queue) take(ctx context.Context, job *jetstream.Job, pipeline, version 
 			return nil, fmt.Errorf("claim %s: %w", tok.ID, uerr)
 		}
 		ent, err = q.items.Get(ctx, tok.ID)
+		fromBucket = true
 	}
 }
 

@@ -3,6 +3,7 @@ package tracker
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -105,17 +106,110 @@ func TestKeepFinishedDefaultKeepsRecords(t *testing.T) {
 	}
 }
 
+// TestKeepFinishedFlagValidation: a refused value fails when the flag is parsed, before
+// provisioning could switch the bucket's TTLs on; Start refuses it too.
 func TestKeepFinishedFlagValidation(t *testing.T) {
-	for _, bad := range []string{"500ms", "-1s"} {
+	for _, bad := range []string{"500ms", "-1s", "soon"} {
 		a := New()
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		fs.SetOutput(io.Discard)
 		a.Flags(fs)
-		if err := fs.Parse([]string{"--tracker-keep-finished=" + bad}); err != nil {
-			t.Fatal(err)
+		if err := fs.Parse([]string{"--tracker-keep-finished=" + bad}); err == nil || !strings.Contains(err.Error(), "tracker-keep-finished") {
+			t.Errorf("--tracker-keep-finished=%s parsed: %v", bad, err)
 		}
-		err := a.Start(context.Background(), &bridge.Env{})
-		if err == nil || !strings.Contains(err.Error(), "tracker-keep-finished") {
-			t.Errorf("--tracker-keep-finished=%s: %v", bad, err)
+		if a.itemsMarkerTTL() != 0 {
+			t.Errorf("--tracker-keep-finished=%s: the bucket would get TTLs", bad)
 		}
+	}
+	a := New()
+	a.keepFinished = 500 * time.Millisecond
+	if err := a.Start(context.Background(), &bridge.Env{}); err == nil || !strings.Contains(err.Error(), "tracker-keep-finished") {
+		t.Errorf("Start with 500ms: %v", err)
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	a = New()
+	a.Flags(fs)
+	if err := fs.Parse([]string{"--tracker-keep-finished=720h"}); err != nil || a.keepFinished != 720*time.Hour || a.itemsMarkerTTL() == 0 {
+		t.Errorf("720h: %v %s", err, a.keepFinished)
+	}
+}
+
+// TestExpiredIDStartsANewLife: after its record expired, an id queued again gets generations
+// above those of its earlier life, so a ready token left from that life does not claim it (here a
+// general-queue token must not hand a run_on item to another pipeline), a token further ahead of
+// its record than one generation is dropped at once, and the id can be stashed and drip-fed again.
+func TestExpiredIDStartsANewLife(t *testing.T) {
+	e := newEnv(t, "--tracker-keep-finished=1s", "--tracker-argon2-memory=64", "--tracker-dripfeed-interval=50ms")
+	ctx := ctxT(t)
+	sP, sQ := addPipeline(t, e.pod, "pp"), addPipeline(t, e.pod, "qq")
+	p := connect(t, e.pod.Addrs["tracker"], "pp", sP, true)
+	q := connect(t, e.pod.Addrs["tracker"], "qq", sQ, true)
+	gone := func(id string) {
+		t.Helper()
+		jstest.Eventually(t, 20*time.Second, func() error {
+			if st := admin(t, e.pod, "GET", "/items/"+id, nil, nil); st != 404 {
+				return fmt.Errorf("item %s: %d, want 404 once expired", id, st)
+			}
+			return nil
+		})
+	}
+	queueItems(t, e.pod, map[string]any{"id": "life", "item": "https://l/", "pipeline_type": "L"})
+	oldGen := getItem(t, e.pod, "life").Gen
+	if cl := p.claim("L"); cl.Item.ID != "life" {
+		t.Fatalf("claim: %+v", cl.Item)
+	}
+	p.expect(p.call("Item:finish", map[string]any{"id": "life"}), 204)
+	gone("life")
+
+	// a token of the first life in the general queue, then the id again, for pipeline pp only
+	general := e.js.Subject("tracker", "ready", "L", "_", "0")
+	if _, err := e.js.Publish(ctx, general, encodeToken("life", oldGen), jetstream.PubOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	queueItems(t, e.pod, map[string]any{"id": "life", "item": "https://l/", "pipeline_type": "L", "run_on": "pp"})
+	rec := getItem(t, e.pod, "life")
+	if rec.Gen <= oldGen || rec.Status != StatusTodo {
+		t.Fatalf("second life: gen %d after %d, %+v", rec.Gen, oldGen, rec)
+	}
+	if cl := q.claim("L"); cl.Item.ID != "" {
+		t.Fatalf("pipeline qq claimed the run_on item through an old token: %+v", cl.Item)
+	}
+	// a token two generations ahead of the record is not held back: it is dropped
+	if _, err := e.js.Publish(ctx, general, encodeToken("life", rec.Gen+2), jetstream.PubOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	if cl := q.claim("L"); cl.Item.ID != "" {
+		t.Fatalf("claimed through a token ahead of its record: %+v", cl.Item)
+	}
+	jstest.Eventually(t, 5*time.Second, func() error {
+		n, err := e.js.SubjectCounts(ctx, streamReady, general)
+		if err != nil {
+			return err
+		}
+		if n[general] != 0 {
+			return fmt.Errorf("%d tokens left in the general queue", n[general])
+		}
+		return nil
+	})
+	if cl := p.claim("L"); cl.Item.ID != "life" {
+		t.Fatalf("pipeline pp: %+v", cl.Item)
+	}
+	p.expect(p.call("Item:finish", map[string]any{"id": "life"}), 204)
+	gone("life")
+
+	// stashed, drip-fed and finished; expired; stashed again under the same id: drip-fed again
+	if st := admin(t, e.pod, "PUT", "/stashes/st", map[string]any{"concurrency": 1}, nil); st != 200 {
+		t.Fatalf("stash: %d", st)
+	}
+	for round := range 2 {
+		queueItems(t, e.pod, map[string]any{"id": "stashed", "item": "https://s/", "pipeline_type": "S", "stash": "st"})
+		jstest.Eventually(t, 10*time.Second, func() error {
+			if cl := p.claim("S"); cl.Item.ID != "stashed" {
+				return fmt.Errorf("round %d: not drip-fed yet", round)
+			}
+			return nil
+		})
+		p.expect(p.call("Item:finish", map[string]any{"id": "stashed"}), 204)
+		gone("stashed")
 	}
 }

@@ -1301,7 +1301,7 @@ func (q *Queue) Store(ctx context.Context, id, pipeline string, attempt int64, r
 	h.Set("Tracker-Item-Id", id)
 	h.Set("Tracker-Result-Type", rtype)
 	h.Set("Tracker-Attempt", strconv.FormatInt(attempt, 10))
-	if _, err := q.js.Publish(ctx, q.resultSubject(rec.PipelineType, rtype), b, jetstream.PubOpts{MsgID: "result:" + newID, Header: h}); err != nil {
+	if _, err := q.js.Publish(ctx, q.resultSubject(rec.PipelineType, rtype), b, jetstream.PubOpts{MsgID: "result:" + newID + ":" + strconv.FormatUint(rec.Gen, 10), Header: h}); err != nil {
 		return "", fmt.Errorf("store %s: %w", id, err)
 	}
 	return newID, nil

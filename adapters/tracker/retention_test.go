@@ -155,9 +155,11 @@ func TestExpiredIDStartsANewLife(t *testing.T) {
 	}
 	queueItems(t, e.pod, map[string]any{"id": "life", "item": "https://l/", "pipeline_type": "L"})
 	oldGen := getItem(t, e.pod, "life").Gen
+	store := map[string]any{"id": "life", "attempt": 0, "result_type": "status", "result": 200}
 	if cl := p.claim("L"); cl.Item.ID != "life" {
 		t.Fatalf("claim: %+v", cl.Item)
 	}
+	p.expect(p.call("Item:store", store), 201)
 	p.expect(p.call("Item:finish", map[string]any{"id": "life"}), 204)
 	gone("life")
 
@@ -193,6 +195,12 @@ func TestExpiredIDStartsANewLife(t *testing.T) {
 	})
 	if cl := p.claim("L"); cl.Item.ID != "life" {
 		t.Fatalf("pipeline pp: %+v", cl.Item)
+	}
+	// the same result in the second life is a new result, not a retry of the first life's
+	p.expect(p.call("Item:store", store), 201)
+	results := e.js.Subject("tracker", "results", "L", "status")
+	if n, err := e.js.SubjectCounts(ctx, streamResults, results); err != nil || n[results] != 2 {
+		t.Fatalf("results of both lives: %v %v", n, err)
 	}
 	p.expect(p.call("Item:finish", map[string]any{"id": "life"}), 204)
 	gone("life")

@@ -57,6 +57,8 @@ func TestKeepFinished(t *testing.T) {
 	if r := getItem(t, pod, ids[2]); r.Status != StatusClaimed {
 		t.Fatalf("claimed item must stay: %+v", r)
 	}
+	// a finish retried after the record expired reads the item as unknown
+	c.expect(c.call("Item:finish", map[string]any{"id": ids[0]}), 404)
 	var queues struct {
 		PipelineTypes map[string]map[string]int `json:"pipeline_types"`
 	}

@@ -81,6 +81,14 @@ type Result struct {
 	P99Micros   float64 `json:"p99_us"`
 	FirstError  string  `json:"first_error,omitempty"`
 	Concurrency int     `json:"concurrency"`
+	// CPU per op of the process that ran the load (with -clients inproc: pod, server and load
+	// together) and, with -clients process, of the bench process (the pod and its embedded NATS
+	// server), both over the measured window.
+	LoadCPUMicros float64 `json:"load_cpu_us_per_op,omitempty"`
+	PodCPUMicros  float64 `json:"pod_cpu_us_per_op,omitempty"`
+	// WindowStart and WindowEnd bound the measured window (Unix nanoseconds).
+	WindowStart int64 `json:"window_start_ns,omitempty"`
+	WindowEnd   int64 `json:"window_end_ns,omitempty"`
 }
 
 // Report is what one invocation prints.
@@ -92,6 +100,9 @@ type Report struct {
 	// RatioOps is bridge ops/s ÷ baseline ops/s; RatioP99 is bridge p99 ÷ baseline p99.
 	RatioOps float64 `json:"ratio_ops,omitempty"`
 	RatioP99 float64 `json:"ratio_p99,omitempty"`
+	// RatioPodCPU is the bridge's pod (and server) CPU per op ÷ the baseline's server CPU per op
+	// (-clients process only).
+	RatioPodCPU float64 `json:"ratio_pod_cpu,omitempty"`
 }
 
 func main() {
@@ -219,22 +230,38 @@ func run(args []string, out io.Writer) error {
 		if b.P99Micros > 0 {
 			rep.RatioP99 = rep.Result.P99Micros / b.P99Micros
 		}
+		if b.PodCPUMicros > 0 {
+			rep.RatioPodCPU = rep.Result.PodCPUMicros / b.PodCPUMicros
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	fmt.Fprintf(out, "%-22s %10s %10s %10s %8s\n", "scenario", "ops/s", "p50", "p99", "errors")
+	podCol := "pod µs/op"
+	if *clients == "inproc" {
+		podCol = "" // the load shares the pod's process: one figure for both
+	}
+	fmt.Fprintf(out, "%-22s %10s %10s %10s %8s %11s %12s\n", "scenario", "ops/s", "p50", "p99", "errors", podCol, "load µs/op")
 	line := func(r Result) {
-		fmt.Fprintf(out, "%-22s %10.0f %10s %10s %8d\n", r.Scenario, r.OpsPerSec,
-			time.Duration(r.P50Micros*1e3).Round(time.Microsecond), time.Duration(r.P99Micros*1e3).Round(time.Microsecond), r.Errors)
+		pod := ""
+		if *clients != "inproc" {
+			pod = strconv.FormatFloat(r.PodCPUMicros, 'f', 1, 64)
+		}
+		fmt.Fprintf(out, "%-22s %10.0f %10s %10s %8d %11s %12.1f\n", r.Scenario, r.OpsPerSec,
+			time.Duration(r.P50Micros*1e3).Round(time.Microsecond), time.Duration(r.P99Micros*1e3).Round(time.Microsecond), r.Errors,
+			pod, r.LoadCPUMicros)
 	}
 	line(rep.Result)
 	if rep.Baseline != nil {
 		line(*rep.Baseline)
-		fmt.Fprintf(out, "ratio bridge/raw: ops/s %.2fx, p99 %.2fx (concurrency %d, %v each, median of %d alternating rounds)\n",
-			rep.RatioOps, rep.RatioP99, *concurrency, *duration, *rounds)
+		cpu := ""
+		if rep.RatioPodCPU > 0 {
+			cpu = fmt.Sprintf(", pod CPU per op %.2fx", rep.RatioPodCPU)
+		}
+		fmt.Fprintf(out, "ratio bridge/raw: ops/s %.2fx, p99 %.2fx%s (concurrency %d, %v each, median of %d alternating rounds)\n",
+			rep.RatioOps, rep.RatioP99, cpu, *concurrency, *duration, *rounds)
 	}
 	if rep.Result.FirstError != "" {
 		fmt.Fprintf(out, "first error: %s\n", rep.Result.FirstError)
@@ -304,14 +331,74 @@ func measureOut(h *harness, sc *scenario, d time.Duration) (Result, error) {
 		"-concurrency", strconv.Itoa(h.Concurrency), "-payload", strconv.Itoa(h.Payload))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return Result{}, fmt.Errorf("client process for %s: %w: %s", sc.name, err, strings.TrimSpace(stderr.String()))
+	// the pod's CPU is sampled while the client runs and read at the client's measured window
+	samples := sampleCPU(ctx)
+	runErr := cmd.Run()
+	cpu := samples()
+	if runErr != nil {
+		return Result{}, fmt.Errorf("client process for %s: %w: %s", sc.name, runErr, strings.TrimSpace(stderr.String()))
 	}
 	var r Result
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		return Result{}, fmt.Errorf("client process for %s: result %q: %w", sc.name, stdout.String(), err)
 	}
+	if r.Ops > 0 && r.WindowEnd > r.WindowStart {
+		used := cpuAt(cpu, r.WindowEnd) - cpuAt(cpu, r.WindowStart)
+		r.PodCPUMicros = float64(used.Microseconds()) / float64(r.Ops)
+	}
 	return r, nil
+}
+
+// cpuSample is the process's CPU time at one moment (Unix nanoseconds).
+type cpuSample struct {
+	at  int64
+	cpu time.Duration
+}
+
+// sampleCPU samples this process's CPU time every 20 ms until the returned function is called
+// (or ctx ends); that function returns the samples.
+func sampleCPU(ctx context.Context) func() []cpuSample {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan []cpuSample, 1)
+	go func() {
+		s := []cpuSample{{time.Now().UnixNano(), processCPU()}}
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				done <- append(s, cpuSample{time.Now().UnixNano(), processCPU()})
+				return
+			case <-t.C:
+				s = append(s, cpuSample{time.Now().UnixNano(), processCPU()})
+			}
+		}
+	}()
+	return func() []cpuSample {
+		cancel()
+		return <-done
+	}
+}
+
+// cpuAt interpolates the CPU time at moment at from samples in time order.
+func cpuAt(s []cpuSample, at int64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	if at <= s[0].at {
+		return s[0].cpu
+	}
+	for i := 1; i < len(s); i++ {
+		if at <= s[i].at {
+			a, b := s[i-1], s[i]
+			if b.at == a.at {
+				return b.cpu
+			}
+			f := float64(at-a.at) / float64(b.at-a.at)
+			return a.cpu + time.Duration(f*float64(b.cpu-a.cpu))
+		}
+	}
+	return s[len(s)-1].cpu
 }
 
 // runClient is the client process: it connects to the pod described by tj, measures sc and
@@ -353,6 +440,11 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 	warm := min(d/10, time.Second)
 	start := time.Now()
 	deadline := start.Add(warm + d)
+	// the load's CPU over the measured window: read when the warm-up ends and when the last
+	// worker stops
+	cpu0 := make(chan time.Duration, 1)
+	warmTimer := time.AfterFunc(time.Until(start.Add(warm)), func() { cpu0 <- processCPU() })
+	defer warmTimer.Stop()
 	var wg sync.WaitGroup
 	for w := 0; w < h.Concurrency; w++ {
 		wg.Add(1)
@@ -380,6 +472,8 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 		}(w)
 	}
 	wg.Wait()
+	end := time.Now()
+	cpu1 := processCPU()
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -389,6 +483,14 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 		OpsPerSec: float64(ops.Load()) / d.Seconds(), Concurrency: h.Concurrency}
 	if fe, ok := firstErr.Load().(string); ok {
 		r.FirstError = fe
+	}
+	r.WindowStart, r.WindowEnd = start.Add(warm).UnixNano(), end.UnixNano()
+	select {
+	case c0 := <-cpu0:
+		if r.Ops > 0 {
+			r.LoadCPUMicros = float64((cpu1 - c0).Microseconds()) / float64(r.Ops)
+		}
+	default: // the warm-up timer did not fire (nothing was measured)
 	}
 	if n := len(all); n > 0 {
 		r.P50Micros = float64(all[n*50/100]) / 1e3

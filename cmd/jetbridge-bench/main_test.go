@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestMain lets this test binary be the client process the bench starts (it runs itself with
@@ -39,6 +40,11 @@ func TestRawScenariosReportThroughputAndLatency(t *testing.T) {
 		if rep.Result.Ops == 0 || rep.Result.OpsPerSec <= 0 || rep.Result.P99Micros < rep.Result.P50Micros || rep.Result.Errors != 0 {
 			t.Fatalf("%s: implausible result %+v", name, rep.Result)
 		}
+		if processCPU() > 0 { // CPU is measured on this platform
+			if rep.Result.LoadCPUMicros <= 0 || (c.clients == "process") != (rep.Result.PodCPUMicros > 0) {
+				t.Fatalf("%s: CPU per op: load %.1f µs, pod %.1f µs", name, rep.Result.LoadCPUMicros, rep.Result.PodCPUMicros)
+			}
+		}
 	}
 }
 
@@ -61,5 +67,20 @@ func TestEveryScenarioHasAKnownBaseline(t *testing.T) {
 		if err := run([]string{"-scenario", "raw-publish", "-client-of", bad}, &bytes.Buffer{}); err == nil {
 			t.Fatalf("client process with target %q must fail", bad)
 		}
+	}
+}
+
+func TestCPUAtInterpolates(t *testing.T) {
+	s := []cpuSample{{at: 100, cpu: 1000}, {at: 200, cpu: 3000}, {at: 200, cpu: 3000}, {at: 400, cpu: 4000}}
+	for _, c := range []struct {
+		at   int64
+		want time.Duration
+	}{{50, 1000}, {100, 1000}, {150, 2000}, {200, 3000}, {300, 3500}, {500, 4000}} {
+		if got := cpuAt(s, c.at); got != c.want {
+			t.Errorf("cpuAt(%d) = %d, want %d", c.at, got, c.want)
+		}
+	}
+	if cpuAt(nil, 1) != 0 {
+		t.Error("no samples")
 	}
 }

@@ -949,8 +949,11 @@ func (q *Queue) claimFrom(ctx context.Context, subject string, cons *jetstream.T
 			var wait time.Duration
 			if fresh {
 				// the counts were just read and say there is something: a no-wait pull
-				// can miss a message stored a moment ago, so wait a little for it
-				wait = 10 * time.Millisecond
+				// can miss a message stored a moment ago, and a busy server (or a consumer
+				// made a moment ago) can take more than a few milliseconds to hand it
+				// over, so wait for it; the wait ends as soon as a token comes, and only a
+				// subject whose tokens are all in flight elsewhere costs the whole of it
+				wait = 100 * time.Millisecond
 			}
 			var err error
 			job, err = cons.Next(ctx, wait)

@@ -35,23 +35,7 @@ func eventually(t *testing.T, within time.Duration, fn func() error) {
 func TestWatchBatched(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	js, err := Connect(ctx, ConnConfig{URLs: srv.ClientURL(), Replicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer js.Close()
-	if _, err := js.Provision(ctx, Assets{Buckets: []BucketSpec{{Name: "WB"}}}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KV(ctx, "WB")
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, kv := watchedBucket(t, ctx, BucketSpec{Name: "WB"})
 	for _, k := range []string{"a", "b", "a"} {
 		if _, err := kv.Put(ctx, k, []byte(k+"0")); err != nil {
 			t.Fatal(err)
@@ -158,23 +142,7 @@ func TestWatchBatched(t *testing.T) {
 func TestWatchBatchedSeesExpiry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	js, err := Connect(ctx, ConnConfig{URLs: srv.ClientURL(), Replicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer js.Close()
-	if _, err := js.Provision(ctx, Assets{Buckets: []BucketSpec{{Name: "WX", LimitMarkerTTL: time.Minute}}}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KV(ctx, "WX")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, kv := watchedBucket(t, ctx, BucketSpec{Name: "WX", LimitMarkerTTL: time.Minute})
 	var mu sync.Mutex
 	var got []string
 	wctx, wcancel := context.WithCancel(ctx)
@@ -208,4 +176,27 @@ func TestWatchBatchedSeesExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 15*time.Second, state("| short=v -short"))
+}
+
+// watchedBucket starts a server for the test, connects to it and provisions the bucket spec.
+func watchedBucket(t *testing.T, ctx context.Context, spec BucketSpec) (*Client, *KV) {
+	t.Helper()
+	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	js, err := Connect(ctx, ConnConfig{URLs: srv.ClientURL(), Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(js.Close)
+	if _, err := js.Provision(ctx, Assets{Buckets: []BucketSpec{spec}}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KV(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, kv
 }

@@ -26,10 +26,9 @@ type connPool struct {
 	maxIdle int           // per host
 	idleFor time.Duration // an idle connection older than this is closed instead of used
 
-	mu        sync.Mutex
-	idle      map[string][]*nodeConn
-	nextSweep time.Time
-	closed    bool
+	mu     sync.Mutex
+	idle   map[string][]*nodeConn
+	closed bool
 }
 
 type nodeConn struct {
@@ -109,11 +108,9 @@ func (p *connPool) get(ctx context.Context, host string) (nc *nodeConn, reused b
 	return nc, false, nil
 }
 
-// put keeps nc for the next call to host, and now and then closes what stayed idle too long
-// (nodes that went away).
+// put keeps nc for the next call to host (what stays idle too long is closed by sweep).
 func (p *connPool) put(host string, nc *nodeConn) {
-	now := time.Now()
-	nc.last = now
+	nc.last = time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed || len(p.idle[host]) >= p.maxIdle {
@@ -121,20 +118,14 @@ func (p *connPool) put(host string, nc *nodeConn) {
 		return
 	}
 	p.idle[host] = append(p.idle[host], nc)
-	if now.After(p.nextSweep) {
-		p.nextSweep = now.Add(p.idleFor)
-		p.sweepLocked(now)
-	}
 }
 
-// sweep closes the connections idle for longer than they may be used.
+// sweep closes the connections idle for longer than they may be used (nodes that went quiet or
+// away); the health loop runs it on every tick.
 func (p *connPool) sweep() {
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.sweepLocked(time.Now())
-}
-
-func (p *connPool) sweepLocked(now time.Time) {
 	for h, l := range p.idle {
 		keep := l[:0]
 		for _, nc := range l {

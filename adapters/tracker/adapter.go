@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -532,7 +533,6 @@ func (a *Adapter) Stop() error {
 	return nil
 }
 
-// depthCollector reports the ready tokens per pipeline type at scrape time.
 // depthCollector reports the claimable items (ready tokens) and the open claims per pipeline
 // type when metrics are scraped.
 type depthCollector struct{ a *Adapter }
@@ -548,35 +548,30 @@ func (d *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range d.a.q.index.all() {
 		open[c.ptype]++
 	}
-	emit := func() {
-		for pt, n := range open {
-			ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, n, pt)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	counts, err := d.a.env.JS.SubjectCounts(ctx, streamReady, d.a.env.JS.Subject("tracker", "ready", ">"))
-	if err != nil {
-		emit()
-		return
-	}
-	prefix := d.a.env.JS.Subject("tracker", "ready", "")
-	per := map[string]float64{}
-	for subj, n := range counts {
-		rest := subj[len(prefix):]
-		for i := 0; i < len(rest); i++ {
-			if rest[i] == '.' {
-				rest = rest[:i]
-				break
-			}
-		}
-		per[rest] += float64(n)
-	}
-	for pt, n := range per {
+	for pt, n := range d.readyPerType() {
 		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, n, pt)
 		if _, ok := open[pt]; !ok {
 			open[pt] = 0 // a type with claimable items and no claims
 		}
 	}
-	emit()
+	for pt, n := range open {
+		ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, n, pt)
+	}
+}
+
+// readyPerType counts the ready tokens per pipeline type (nil when NATS does not answer).
+func (d *depthCollector) readyPerType() map[string]float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	counts, err := d.a.env.JS.SubjectCounts(ctx, streamReady, d.a.env.JS.Subject("tracker", "ready", ">"))
+	if err != nil {
+		return nil
+	}
+	prefix := d.a.env.JS.Subject("tracker", "ready", "")
+	per := map[string]float64{}
+	for subj, n := range counts {
+		ptype, _, _ := strings.Cut(subj[len(prefix):], ".")
+		per[ptype] += float64(n)
+	}
+	return per
 }

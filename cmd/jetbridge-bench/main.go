@@ -342,11 +342,17 @@ func measureOut(h *harness, sc *scenario, d time.Duration) (Result, error) {
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		return Result{}, fmt.Errorf("client process for %s: result %q: %w", sc.name, stdout.String(), err)
 	}
-	if r.Ops > 0 && r.WindowEnd > r.WindowStart {
-		used := cpuAt(cpu, r.WindowEnd) - cpuAt(cpu, r.WindowStart)
-		r.PodCPUMicros = float64(used.Microseconds()) / float64(r.Ops)
-	}
+	r.PodCPUMicros = cpuPerOp(cpu, r)
 	return r, nil
+}
+
+// cpuPerOp is the CPU time the samples show over r's measured window, per op of r.
+func cpuPerOp(samples []cpuSample, r Result) float64 {
+	if r.Ops == 0 || r.WindowEnd <= r.WindowStart {
+		return 0
+	}
+	used := cpuAt(samples, r.WindowEnd) - cpuAt(samples, r.WindowStart)
+	return float64(used.Microseconds()) / float64(r.Ops)
 }
 
 // cpuSample is the process's CPU time at one moment (Unix nanoseconds).
@@ -440,11 +446,8 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 	warm := min(d/10, time.Second)
 	start := time.Now()
 	deadline := start.Add(warm + d)
-	// the load's CPU over the measured window: read when the warm-up ends and when the last
-	// worker stops
-	cpu0 := make(chan time.Duration, 1)
-	warmTimer := time.AfterFunc(time.Until(start.Add(warm)), func() { cpu0 <- processCPU() })
-	defer warmTimer.Stop()
+	// the load's CPU, read at the measured window as the pod's is (measureOut)
+	samples := sampleCPU(ctx)
 	var wg sync.WaitGroup
 	for w := 0; w < h.Concurrency; w++ {
 		wg.Add(1)
@@ -473,7 +476,7 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 	}
 	wg.Wait()
 	end := time.Now()
-	cpu1 := processCPU()
+	cpu := samples()
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -485,13 +488,7 @@ func measureIn(h *harness, sc *scenario, d time.Duration) (Result, error) {
 		r.FirstError = fe
 	}
 	r.WindowStart, r.WindowEnd = start.Add(warm).UnixNano(), end.UnixNano()
-	select {
-	case c0 := <-cpu0:
-		if r.Ops > 0 {
-			r.LoadCPUMicros = float64((cpu1 - c0).Microseconds()) / float64(r.Ops)
-		}
-	default: // the warm-up timer did not fire (nothing was measured)
-	}
+	r.LoadCPUMicros = cpuPerOp(cpu, r)
 	if n := len(all); n > 0 {
 		r.P50Micros = float64(all[n*50/100]) / 1e3
 		r.P99Micros = float64(all[min(n*99/100, n-1)]) / 1e3
